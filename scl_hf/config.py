@@ -1,0 +1,113 @@
+"""SCLConfig: the training arguments of the consistency and spatial consistency losses.
+
+Extends `transformers.TrainingArguments` (as TRL's configs do), so every Trainer option still works and
+`HfArgumentParser(SCLConfig)` gives a command line. Each default says where it comes from; the method
+defaults were chosen by the ablation in benchmarks/compare_methods.py (see docs/method.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .losses import parse_method
+
+
+@dataclass
+class SCLConfig(TrainingArguments):
+    # ----- method
+    method: str = field(
+        default="scl",
+        metadata={
+            "help": "Loss: a base loss (an, ...) and/or consistency terms joined by '+': 'an', 'cl', 'en', 'scl', "
+            "'cl+scl', 'll-r+scl'. A lone term means 'an' + that term."
+        },
+    )
+    consistency_weight: float = field(
+        default=1.0, metadata={"help": "λ_c, weight of the image-level consistency term 'cl'."}
+    )
+    spatial_weight: float = field(default=1.0, metadata={"help": "λ_s, weight of the spatial consistency term 'scl'."})
+    momentum: float = field(
+        default=0.8,
+        metadata={"help": "EMA momentum m of the running averages: P̄ ← m·P̄ + (1−m)·σ(z). Each image is seen once per "
+                  "epoch, so m=0.8 averages over roughly the last five epochs."},
+    )
+    heatmap_momentum: float | None = field(
+        default=None, metadata={"help": "EMA momentum of the heatmaps (default: same as `momentum`)."}
+    )
+    warmup_epochs: float = field(
+        default=1.0,
+        metadata={"help": "Epochs of the base loss alone before the consistency terms start: the bank must first "
+                  "hold one real observation of every image."},
+    )
+    expected_negative_threshold: float = field(
+        default=0.5, metadata={"help": "τ of 'en': unobserved classes with running average ≥ τ are not penalised."}
+    )
+    spatial_loss: str = field(default="bce", metadata={"help": "Per-cell loss of 'scl': 'bce' or 'mse'."})
+    bank_size: int = field(
+        default=14,
+        metadata={"help": "S, side of the heatmap bank grid over the original image (14 = ResNet-50's grid at 448 px)."},
+    )
+    bank_dir: str | None = field(
+        default=None, metadata={"help": "Folder of the memory-mapped bank (default: <output_dir>/scl_bank). Node-local."}
+    )
+    # ----- augmentation
+    image_size: int = field(default=448, metadata={"help": "Side of the square training/eval views (protocol: 448)."})
+    crop_scale_min: float = field(
+        default=0.25, metadata={"help": "Smallest crop area as a fraction of the image (random-resized crop)."}
+    )
+    crop_scale_max: float = field(default=1.0, metadata={"help": "Largest crop area fraction."})
+    crop_ratio_min: float = field(default=3 / 4, metadata={"help": "Smallest crop aspect ratio (torchvision's)."})
+    crop_ratio_max: float = field(default=4 / 3, metadata={"help": "Largest crop aspect ratio."})
+    flip_prob: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip."})
+    # ----- data columns
+    image_column: str = field(default="image", metadata={"help": "Image column of train and eval datasets."})
+    label_column: str = field(default="label", metadata={"help": "Single observed positive (int) of the train set."})
+    labels_column: str = field(
+        default="labels", metadata={"help": "List of all positive class ids of the eval set (never used for training)."}
+    )
+    empty_class_policy: str = field(
+        default="zero", metadata={"help": "AP of a class with no positive in the eval set: 'zero' or 'skip'."}
+    )
+    # ----- Trainer defaults this package needs
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Must stay False: the trainer reads the image column itself."}
+    )
+    label_names: list[str] | None = field(default_factory=lambda: ["labels"])
+
+    def __post_init__(self):
+        self.method_spec = parse_method(self.method)
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.spatial_loss not in ("bce", "mse"):
+            raise ValueError(f"spatial_loss must be 'bce' or 'mse', got {self.spatial_loss!r}")
+        if not 0 < self.crop_scale_min <= self.crop_scale_max <= 1:
+            raise ValueError("need 0 < crop_scale_min <= crop_scale_max <= 1")
+        if self.empty_class_policy not in ("zero", "skip"):
+            raise ValueError("empty_class_policy must be 'zero' or 'skip'")
+        if self.remove_unused_columns:
+            raise ValueError("SCLTrainer needs remove_unused_columns=False: it reads the image column itself")
+        super().__post_init__()
+
+    @property
+    def crop_scale(self) -> tuple[float, float]:
+        return self.crop_scale_min, self.crop_scale_max
+
+    @property
+    def crop_ratio(self) -> tuple[float, float]:
+        return self.crop_ratio_min, self.crop_ratio_max
+
+    def bank_fingerprint(self, num_labels: int) -> str:
+        """What makes a bank's content mean something: a bank is reused only under the same values."""
+        keys = {
+            "method": self.method_spec.name,
+            "num_labels": num_labels,
+            "bank_size": self.bank_size,
+            "momentum": self.momentum,
+            "heatmap_momentum": self.heatmap_momentum,
+            "seed": self.seed,
+        }
+        return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]

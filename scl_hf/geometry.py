@@ -1,0 +1,89 @@
+"""Moving class maps between a crop's frame and the original image's frame.
+
+Two pure functions, the whole geometry of the spatial consistency loss:
+- `cut_crop` reads the stored heatmaps under a crop box (RoIAlign) and resamples them to the network's
+  class-map grid, flipped when the view was flipped;
+- `paste_crop` resamples the network's new class maps back into the bank frame and blends them in
+  (exponential moving average) at the bank cells whose centres lie inside the box.
+
+Boxes are normalised (x0, y0, x1, y1) in [0, 1] of the original image; the bank frame is an S×S grid
+over the whole image. Nothing here knows about files or processes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+# adaptive (torchvision's rule: ceil(box size / output size) samples per bin): a full-image box at the
+# bank's own resolution then reads the bank exactly, and a large box averages rather than aliases.
+ROI_SAMPLING_RATIO = 0
+
+
+def cut_crop(bank_rows: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+    """RoIAlign of (B, K, S, S) bank rows under normalised boxes (B, 4) → (B, K, h, w) in the view's frame."""
+    size_y, size_x = bank_rows.shape[-2:]
+    scale = torch.tensor([size_x, size_y, size_x, size_y], dtype=torch.float32, device=bank_rows.device)
+    rois = torch.cat(
+        [torch.arange(len(boxes), device=bank_rows.device, dtype=torch.float32)[:, None], boxes.float() * scale], 1
+    )
+    cut = roi_align(
+        bank_rows.float(), rois, output_size=out_size, spatial_scale=1.0, sampling_ratio=ROI_SAMPLING_RATIO, aligned=True
+    )
+    return torch.where(flips.view(-1, 1, 1, 1).bool(), cut.flip(-1), cut)
+
+
+def cell_centres(size: int, device: torch.device | None = None) -> torch.Tensor:
+    return (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size
+
+
+def paste_grid(boxes: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every bank cell: where it falls in the crop (grid_sample coordinates) and whether it is inside."""
+    centres = cell_centres(size, boxes.device)
+    x0, y0, x1, y1 = (boxes[:, i, None].float() for i in range(4))
+    u = (centres[None] - x0) / (x1 - x0).clamp_min(1e-6)  # (B, S) along x
+    v = (centres[None] - y0) / (y1 - y0).clamp_min(1e-6)  # (B, S) along y
+    inside = ((u >= 0) & (u < 1))[:, None, :] & ((v >= 0) & (v < 1))[:, :, None]  # (B, S_y, S_x)
+    grid = torch.stack(torch.broadcast_tensors((2 * u - 1)[:, None, :], (2 * v - 1)[:, :, None]), dim=-1)
+    return grid, inside
+
+
+def paste_crop(
+    bank_rows: torch.Tensor,
+    coverage: torch.Tensor,
+    new_maps: torch.Tensor,
+    boxes: torch.Tensor,
+    flips: torch.Tensor,
+    momentum: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """EMA paste-back of view-frame maps (B, K, h, w) into bank rows (B, K, S, S).
+
+    Cells seen for the first time (coverage 0) take the new value; others become
+    momentum·old + (1 − momentum)·new. Returns the new rows (float32) and the new coverage counts.
+    """
+    size = bank_rows.shape[-1]
+    unflipped = torch.where(flips.view(-1, 1, 1, 1).bool(), new_maps.flip(-1), new_maps).float()
+    grid, inside = paste_grid(boxes, size)
+    resampled = F.grid_sample(unflipped, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    old = bank_rows.float()
+    first = (coverage == 0)[:, None]
+    blended = torch.where(first, resampled, momentum * old + (1.0 - momentum) * resampled)
+    rows = torch.where(inside[:, None], blended, old)
+    new_coverage = torch.where(inside, (coverage.long() + 1).clamp_max(255), coverage.long()).to(coverage.dtype)
+    return rows, new_coverage
+
+
+def spatial_targets(
+    heat_rows: torch.Tensor, coverage: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, out_size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets and per-cell weights for the spatial loss.
+
+    The weight is the observed fraction of each target cell; the target is the average of the observed
+    bank values only (unobserved cells hold 0 and are divided out), so a half-seen cell is not pulled to 0.
+    """
+    observed = (coverage > 0).float()[:, None]
+    weight = cut_crop(observed, boxes, flips, out_size)
+    summed = cut_crop(heat_rows.float() * observed, boxes, flips, out_size)
+    target = (summed / weight.clamp_min(1e-6)).clamp(0.0, 1.0)
+    return target, weight[:, 0]

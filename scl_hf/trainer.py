@@ -1,0 +1,243 @@
+"""SCLTrainer: a transformers Trainer that trains multi-label classifiers from single positive labels.
+
+One forward pass per step gives the image logits and (through a hook) the per-class maps; `compute_loss`
+adds the consistency terms to the base loss, reading each image's bank rows, then writes this step's
+predictions and maps back into the bank (gathered across processes, de-duplicated, written by the local
+main process). Loss terms are logged by name (`loss_base`, `loss_cl`, `loss_scl`), as TRL's trainers do.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback
+
+from .bank import BankHeader, SCLBank, bank_nbytes, first_occurrence, open_bank
+from .config import SCLConfig
+from .losses import (
+    BASE_LOSSES,
+    LossContext,
+    consistency_loss,
+    expected_negatives_ignore,
+    observed_one_hot,
+    spatial_consistency_loss,
+)
+from .metrics import make_compute_metrics
+from .models import attach_class_maps, normalization_for
+from .transforms import EvalTransform, TrainTransform
+from .views import EvalViews, TrainViews, check_label_range, stack_batch
+
+
+class _EpochSync(TrainerCallback):
+    """Publishes the epoch to dataloader workers before each epoch's iterator is created."""
+
+    def __init__(self, epoch_ref: torch.Tensor):
+        self.epoch_ref = epoch_ref
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.epoch_ref.fill_(math.floor((state.epoch or 0.0) + 1e-6))
+
+
+def dataset_fingerprint(dataset) -> str:
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    return f"{fingerprint or 'unknown'}:{len(dataset)}"
+
+
+class SCLTrainer(Trainer):
+    """Trainer for single-positive multi-label learning with the (spatial) consistency losses.
+
+    `train_dataset`: a `datasets.Dataset` with an image column and one int label per row.
+    `eval_dataset`: image column plus `labels`, the list of all positive class ids.
+    The trainer owns augmentation (it must know every crop box) and the bank under `args.bank_dir`.
+    """
+
+    def __init__(self, model, args: SCLConfig, train_dataset=None, eval_dataset=None, processing_class=None,
+                 compute_metrics=None, callbacks=None, **kwargs):
+        if not isinstance(args, SCLConfig):
+            raise TypeError("SCLTrainer needs an SCLConfig (it extends TrainingArguments with the method's options)")
+        self.method = args.method_spec
+        self.num_labels = model.config.num_labels
+        id2label = {int(k): v for k, v in getattr(model.config, "id2label", {}).items()}
+        mean, std = normalization_for(model, processing_class)
+        self.epoch_ref = torch.zeros(1, dtype=torch.long).share_memory_()
+        self.train_transform = TrainTransform(
+            args.image_size, mean, std, args.crop_scale, args.crop_ratio, args.flip_prob, seed=args.seed
+        )
+        self.eval_transform = EvalTransform(args.image_size, mean, std)
+        self.raw_train_dataset = train_dataset
+        if train_dataset is not None:
+            check_label_range(train_dataset[args.label_column] if args.label_column in train_dataset.column_names
+                              else [], self.num_labels, args.label_column, "training")
+            train_dataset = TrainViews(train_dataset, self.train_transform, self.epoch_ref, args.image_column,
+                                       args.label_column)
+        eval_dataset = self._eval_views(eval_dataset, args)
+        if compute_metrics is None:
+            compute_metrics = make_compute_metrics(id2label or None, empty_class=args.empty_class_policy)
+        super().__init__(
+            model=model, args=args, data_collator=stack_batch, train_dataset=train_dataset,
+            eval_dataset=eval_dataset, processing_class=processing_class, compute_metrics=compute_metrics,
+            callbacks=[_EpochSync(self.epoch_ref), *(callbacks or [])], **kwargs,
+        )
+        self.model_accepts_loss_kwargs = False  # our loss is a mean per batch: let Trainer scale it for accumulation
+        self.map_hook = attach_class_maps(self.model) if self.method.needs_heatmaps else None
+        self.bank: SCLBank | None = None
+        self._loss_terms: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    def _eval_views(self, eval_dataset, args):
+        if eval_dataset is None:
+            return None
+        wrap = lambda ds: EvalViews(ds, self.eval_transform, self.num_labels, args.image_column, args.labels_column)  # noqa: E731
+        if isinstance(eval_dataset, dict):
+            return {name: wrap(ds) for name, ds in eval_dataset.items()}
+        return wrap(eval_dataset)
+
+    # ------------------------------------------------------------------ bank lifecycle
+    @property
+    def bank_dir(self) -> Path:
+        return Path(self.args.bank_dir or os.path.join(self.args.output_dir, "scl_bank"))
+
+    def expected_bank_header(self) -> BankHeader:
+        return BankHeader(
+            num_rows=len(self.raw_train_dataset),
+            num_classes=self.num_labels,
+            size=self.args.bank_size,
+            with_heatmaps=self.method.needs_heatmaps,
+            dataset_fingerprint=dataset_fingerprint(self.raw_train_dataset),
+            config_fingerprint=self.args.bank_fingerprint(self.num_labels),
+        )
+
+    def setup_bank(self) -> SCLBank | None:
+        """Local main creates the files; the other processes of the node open them read-only."""
+        if not (self.method.needs_predictions or self.method.needs_heatmaps):
+            return None
+        header = self.expected_bank_header()
+        if self.accelerator.is_local_main_process:
+            check_free_space(self.bank_dir, header)
+            self.bank = open_bank(self.bank_dir, header, writable=True, create=True)
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_local_main_process:
+            self.bank = open_bank(self.bank_dir, header, writable=False, create=False)
+        return self.bank
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        if self.raw_train_dataset is None:
+            raise ValueError("SCLTrainer.train() needs a train_dataset")
+        self.setup_bank()
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        if self.bank is not None and self.bank.writable:
+            self.bank.mark(self.state.epoch or 0.0, self.state.global_step)
+        return super()._save_checkpoint(model, trial)
+
+    # ------------------------------------------------------------------ loss
+    def consistency_active(self) -> bool:
+        return (self.state.epoch or 0.0) >= self.args.warmup_epochs - 1e-6
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "index" not in inputs:
+            raise ValueError("training batches must come from SCLTrainer's own dataloader (they carry the row index)")
+        outputs = model(pixel_values=inputs["pixel_values"])
+        logits = outputs.logits.float()
+        targets = observed_one_hot(inputs["label"], self.num_labels)
+        indices = inputs["index"]
+        context = LossContext(epoch=self.state.epoch or 0.0, num_classes=self.num_labels, indices=indices)
+        active = self.consistency_active()
+        terms: dict[str, torch.Tensor] = {}
+
+        running = seen = ignore = None
+        if self.method.needs_predictions:
+            running, seen = (t.to(logits.device) for t in self.bank.read_predictions(indices))
+            if "en" in self.method.terms and active:
+                ignore = expected_negatives_ignore(targets, running, self.args.expected_negative_threshold)
+                ignore &= (seen > 0)[:, None]
+        terms["loss_base"] = BASE_LOSSES[self.method.base](logits, targets, context, ignore)
+        loss = terms["loss_base"]
+
+        if "cl" in self.method.terms and active:
+            observed_rows = seen > 0
+            terms["loss_cl"] = consistency_loss(logits[observed_rows], targets[observed_rows], running[observed_rows])
+            loss = loss + self.args.consistency_weight * terms["loss_cl"]
+
+        class_maps = None
+        if self.method.needs_heatmaps:
+            class_maps = self.map_hook.pop_maps().float()
+            if active:
+                map_targets, weights = self.bank.read_spatial(
+                    indices, inputs["boxes"], inputs["flips"], tuple(class_maps.shape[-2:])
+                )
+                terms["loss_scl"] = spatial_consistency_loss(
+                    class_maps, map_targets.to(class_maps.device), weights.to(class_maps.device), self.args.spatial_loss
+                )
+                loss = loss + self.args.spatial_weight * terms["loss_scl"]
+
+        if self.bank is not None:
+            self.update_bank(indices, inputs["boxes"], inputs["flips"], logits, class_maps)
+        for name, value in terms.items():
+            self._loss_terms[name].append(value.detach())
+        return (loss, outputs) if return_outputs else loss
+
+    @torch.no_grad()
+    def update_bank(self, indices, boxes, flips, logits, class_maps) -> None:
+        """Gather this step's rows from every process, keep each image once, write on the local main."""
+        payload = {"indices": indices, "probs": torch.sigmoid(logits), "boxes": boxes, "flips": flips.to(torch.uint8)}
+        if class_maps is not None:
+            payload["maps"] = torch.sigmoid(class_maps).half()
+        if self.accelerator.num_processes > 1:
+            payload = {k: self.accelerator.gather(v.contiguous()) for k, v in payload.items()}
+        if self.accelerator.is_local_main_process:
+            keep = first_occurrence(payload["indices"])
+            rows = {k: v[keep] for k, v in payload.items()}
+            self.bank.update(
+                rows["indices"], rows["probs"], self.args.momentum,
+                boxes=rows["boxes"], flips=rows["flips"].bool(),
+                map_probs=rows["maps"].float() if "maps" in rows else None,
+                heatmap_momentum=self.args.heatmap_momentum,
+            )
+        if self.accelerator.num_processes > 1:
+            self.accelerator.wait_for_everyone()  # the next step's reads must see this step's writes
+
+    # ------------------------------------------------------------------ logging and evaluation
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._loss_terms and not any(key.startswith("eval_") for key in logs):
+            for name, values in self._loss_terms.items():
+                mean = torch.stack(values).mean()
+                if self.accelerator.num_processes > 1:
+                    mean = self.accelerator.reduce(mean.to(self.accelerator.device), reduction="mean")
+                logs[name] = round(mean.item(), 6)
+            self._loss_terms.clear()
+        super().log(logs, start_time)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Whole-image logits and a multi-label BCE eval loss; class maps are never returned."""
+        if self.map_hook is not None:
+            self.map_hook.enabled = False
+        try:
+            with torch.no_grad(), self.compute_loss_context_manager():
+                logits = model(pixel_values=inputs["pixel_values"]).logits.float()
+        finally:
+            if self.map_hook is not None:
+                self.map_hook.enabled = True
+        labels = inputs.get("labels")
+        loss = F.binary_cross_entropy_with_logits(logits, labels.float()) if labels is not None else None
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, logits, labels
+
+
+def check_free_space(folder: Path, header: BankHeader) -> None:
+    """Fail before training when the bank cannot fit, with the figures."""
+    needed = bank_nbytes(header.num_rows, header.num_classes, header.size, header.with_heatmaps)
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = sum(f.stat().st_size for f in folder.glob("*.npy"))
+    free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize + existing
+    if needed > free:
+        raise OSError(
+            f"the bank needs {needed / 1e9:.2f} GB in {folder} but only {free / 1e9:.2f} GB are free. Point "
+            "SCLConfig.bank_dir at a larger node-local disk, lower bank_size, or use a sparse layout."
+        )
