@@ -43,6 +43,11 @@ class SCLConfig(TrainingArguments):
         metadata={"help": "Epochs of the base loss alone before the consistency terms start: the bank must first "
                   "hold one real observation of every image."},
     )
+    consistency_rampup_epochs: float = field(
+        default=0.0,
+        metadata={"help": "After the warm-up, the consistency weights grow linearly from 0 to λ over this many "
+                  "epochs (temporal-ensembling practice), so early averages do not freeze the model."},
+    )
     expected_negative_threshold: float = field(
         default=0.5, metadata={"help": "τ of 'en': unobserved classes with running average ≥ τ are not penalised."}
     )

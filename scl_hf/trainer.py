@@ -139,6 +139,13 @@ class SCLTrainer(Trainer):
     def consistency_active(self) -> bool:
         return (self.state.epoch or 0.0) >= self.args.warmup_epochs - 1e-6
 
+    def consistency_ramp(self) -> float:
+        """0 → 1 over `consistency_rampup_epochs` after the warm-up (1 at once when that is 0)."""
+        if self.args.consistency_rampup_epochs <= 0:
+            return 1.0
+        progress = ((self.state.epoch or 0.0) - self.args.warmup_epochs) / self.args.consistency_rampup_epochs
+        return min(max(progress, 0.0), 1.0)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "index" not in inputs:
             raise ValueError("training batches must come from SCLTrainer's own dataloader (they carry the row index)")
@@ -162,7 +169,7 @@ class SCLTrainer(Trainer):
         if "cl" in self.method.terms and active:
             observed_rows = seen > 0
             terms["loss_cl"] = consistency_loss(logits[observed_rows], targets[observed_rows], running[observed_rows])
-            loss = loss + self.args.consistency_weight * terms["loss_cl"]
+            loss = loss + self.consistency_ramp() * self.args.consistency_weight * terms["loss_cl"]
 
         class_maps = None
         if self.method.needs_heatmaps:
@@ -174,7 +181,7 @@ class SCLTrainer(Trainer):
                 terms["loss_scl"] = spatial_consistency_loss(
                     class_maps, map_targets.to(class_maps.device), weights.to(class_maps.device), self.args.spatial_loss
                 )
-                loss = loss + self.args.spatial_weight * terms["loss_scl"]
+                loss = loss + self.consistency_ramp() * self.args.spatial_weight * terms["loss_scl"]
 
         if self.bank is not None:
             self.update_bank(indices, inputs["boxes"], inputs["flips"], logits, class_maps)

@@ -1,0 +1,85 @@
+"""Pictures people would rather look at than numbers: stored heatmaps over their images, mAP curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .bank import read_header  # noqa: E402
+
+
+def plot_bank_heatmaps(
+    bank_dir: str | Path,
+    dataset,
+    path: str | Path,
+    rows: list[int] | None = None,
+    class_names: list[str] | None = None,
+    image_column: str = "image",
+    label_column: str = "label",
+    labels_column: str | None = "labels",
+    max_classes: int = 3,
+) -> Path:
+    """One line per image: the image, then the stored heatmaps of its classes.
+
+    The observed (single) label is marked with '*'; other classes are those in the full label list when the
+    dataset has one (shown for inspection only), else the highest running-average predictions.
+    """
+    header = read_header(bank_dir)
+    if not header.with_heatmaps:
+        raise ValueError(f"the bank in {bank_dir} holds no heatmaps (method without 'scl')")
+    heatmaps = np.load(Path(bank_dir) / "heatmaps.npy", mmap_mode="r")
+    predictions = np.load(Path(bank_dir) / "predictions.npy", mmap_mode="r")
+    rows = rows if rows is not None else list(range(min(4, len(dataset))))
+    names = class_names or [str(i) for i in range(header.num_classes)]
+    fig, axes = plt.subplots(len(rows), max_classes + 1, figsize=(2.2 * (max_classes + 1), 2.2 * len(rows)),
+                             squeeze=False)
+    for line, row in zip(axes, rows):
+        item = dataset[int(row)]
+        observed = int(item[label_column])
+        if labels_column and labels_column in item:
+            others = [c for c in item[labels_column] if c != observed]
+        else:
+            others = [int(c) for c in np.argsort(-predictions[row]) if c != observed]
+        classes = [observed, *others][:max_classes]
+        image = item[image_column].convert("RGB")
+        line[0].imshow(image)
+        line[0].set_title(f"row {row}", fontsize=8)
+        for ax, cls in zip(line[1:], classes):
+            ax.imshow(image, alpha=0.5)
+            ax.imshow(heatmaps[row, cls].astype(np.float32), cmap="jet", alpha=0.5, vmin=0, vmax=1,
+                      extent=(0, image.width, image.height, 0))
+            mark = "*" if cls == observed else ""
+            ax.set_title(f"{names[cls]}{mark} P̄={predictions[row, cls]:.2f}", fontsize=7)
+        for ax in line:
+            ax.axis("off")
+    fig.suptitle("stored heatmaps (running averages); * = the one observed label", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_map_curves(histories: dict[str, list[dict]], path: str | Path, metric: str = "eval_mAP") -> Path:
+    """Evaluation mAP against epoch for each named run (a Trainer's log_history per run)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, history in histories.items():
+        points = [(h["epoch"], h[metric]) for h in history if metric in h]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

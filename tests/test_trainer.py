@@ -1,0 +1,132 @@
+"""SCLTrainer end to end on tiny data: every backbone family, label hygiene, accumulation, bank checks."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_models import tiny_hf_models
+
+from scl_hf import SCLConfig, SCLTrainer, create_model
+from scl_hf.bank import BankMismatchError, read_header
+
+
+def make_args(tmp_path, **overrides):
+    defaults = dict(
+        output_dir=str(tmp_path / "run"), method="cl+scl", image_size=64, num_train_epochs=2,
+        per_device_train_batch_size=8, per_device_eval_batch_size=8, learning_rate=1e-3, use_cpu=True,
+        warmup_epochs=1, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=0,
+        bank_size=8,
+    )
+    defaults.update(overrides)
+    return SCLConfig(**defaults)
+
+
+def loss_history(trainer, key):
+    return [h[key] for h in trainer.state.log_history if key in h]
+
+
+BACKBONES = {
+    "timm-resnet": lambda n: create_model("resnet18", num_labels=n),
+    "timm-convnext": lambda n: create_model("convnext_atto", num_labels=n),
+    "timm-efficientnet": lambda n: create_model("efficientnet_b0", num_labels=n),
+    "timm-regnet": lambda n: create_model("regnetx_002", num_labels=n),
+    "timm-vit": lambda n: create_model("vit_tiny_patch16_224", num_labels=n, img_size=64),
+    "hf-resnet": lambda n: tiny_hf_models(n)["hf-resnet"][0],
+    "hf-convnext": lambda n: tiny_hf_models(n)["hf-convnext"][0],
+    "hf-vit": lambda n: tiny_hf_models(n)["hf-vit"][0],
+}
+
+
+@pytest.mark.parametrize("family", list(BACKBONES))
+def test_two_epochs_every_backbone(family, tiny_synthetic, tmp_path):
+    num_labels = len(tiny_synthetic["train"].features["label"].names)
+    model = BACKBONES[family](num_labels)
+    trainer = SCLTrainer(model=model, args=make_args(tmp_path), train_dataset=tiny_synthetic["train"],
+                         eval_dataset=tiny_synthetic["test"])
+    trainer.train()
+    for key in ("loss_base", "loss_cl", "loss_scl"):
+        values = loss_history(trainer, key)
+        assert values and all(math.isfinite(v) for v in values), key
+    # the consistency terms start after the warm-up epoch, not before
+    first_cl_epoch = min(h["epoch"] for h in trainer.state.log_history if "loss_cl" in h)
+    assert first_cl_epoch > 1.0
+    header = read_header(trainer.bank_dir)
+    heatmaps = np.load(trainer.bank_dir / "heatmaps.npy", mmap_mode="r")
+    assert heatmaps.shape == (24, num_labels, 8, 8) and heatmaps.dtype == np.float16
+    assert header.num_rows == 24 and header.with_heatmaps
+    seen = np.load(trainer.bank_dir / "seen.npy")
+    assert (seen == 2).all()  # every image observed once per epoch
+    coverage = np.load(trainer.bank_dir / "coverage.npy")
+    assert coverage.max() >= 1 and np.isfinite(heatmaps.astype(np.float32)).all()
+    metrics = trainer.evaluate()
+    assert 0.0 <= metrics["eval_mAP"] <= 100.0
+
+
+def train_losses(dataset, tmp_path, name, **overrides):
+    model = create_model("resnet18", num_labels=5)
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_labels=5)
+    args = make_args(tmp_path / name, **overrides)
+    trainer = SCLTrainer(model=model, args=args, train_dataset=dataset)
+    trainer.train()
+    return loss_history(trainer, "loss")
+
+
+def test_full_labels_never_reach_the_loss(tiny_synthetic, tmp_path):
+    train = tiny_synthetic["train"]
+    rng = np.random.default_rng(0)
+    poisoned = train.map(lambda row: {"labels": sorted(rng.choice(5, size=3, replace=False).tolist())})
+    assert poisoned["labels"] != train["labels"]
+    clean_losses = train_losses(train, tmp_path, "clean")
+    poisoned_losses = train_losses(poisoned, tmp_path, "poisoned")
+    assert clean_losses == poisoned_losses
+    # while changing the observed label does change the loss (the comparison above could fail)
+    relabelled = train.map(lambda row: {"label": (row["label"] + 1) % 5})
+    assert train_losses(relabelled, tmp_path, "relabelled") != clean_losses
+
+
+def test_gradient_accumulation_matches_a_large_batch(tiny_synthetic, tmp_path):
+    """bs 8 × 1 and bs 4 × 2 give the same update (a model without batch statistics)."""
+    weights = []
+    for batch, accumulation in ((8, 1), (4, 2)):
+        torch.manual_seed(0)
+        model = create_model("vit_tiny_patch16_224", num_labels=5, img_size=64, drop_rate=0.0)
+        args = make_args(tmp_path / f"ga{accumulation}", method="an", per_device_train_batch_size=batch,
+                         gradient_accumulation_steps=accumulation, max_steps=1, optim="sgd", learning_rate=0.5,
+                         lr_scheduler_type="constant", dataloader_drop_last=True)
+        trainer = SCLTrainer(model=model, args=args, train_dataset=tiny_synthetic["train"])
+        trainer.train()
+        weights.append(model.timm_model.head.weight.detach().clone())
+    torch.testing.assert_close(weights[0], weights[1], atol=1e-5, rtol=1e-4)
+
+
+def test_bank_of_another_dataset_is_refused(tiny_synthetic, tmp_path):
+    args = make_args(tmp_path, num_train_epochs=1)
+    SCLTrainer(model=create_model("resnet18", num_labels=5), args=args, train_dataset=tiny_synthetic["train"]).train()
+    other = tiny_synthetic["train"].select(range(20))
+    trainer = SCLTrainer(model=create_model("resnet18", num_labels=5), args=args, train_dataset=other)
+    with pytest.raises(BankMismatchError, match="belongs to another run"):
+        trainer.train()
+
+
+def test_bad_columns_and_labels_fail_clearly(tiny_synthetic, tmp_path):
+    args = make_args(tmp_path)
+    model = create_model("resnet18", num_labels=5)
+    with pytest.raises(ValueError, match="no column 'label'.*label_column"):
+        SCLTrainer(model=model, args=args, train_dataset=tiny_synthetic["train"].rename_column("label", "cls"))
+    with pytest.raises(ValueError, match="outside 0..2"):
+        SCLTrainer(model=create_model("resnet18", num_labels=3), args=args, train_dataset=tiny_synthetic["train"])
+    with pytest.raises(ValueError, match="no column 'labels'"):
+        SCLTrainer(model=model, args=args, eval_dataset=tiny_synthetic["test"].remove_columns("labels"))
+    with pytest.raises(ValueError, match="unknown method part"):
+        make_args(tmp_path, method="scl+nope")
+
+
+def test_evaluate_reports_map_and_per_class_ap(tiny_synthetic, tmp_path):
+    names = tiny_synthetic["train"].features["label"].names
+    model = create_model("resnet18", num_labels=5, id2label=names)
+    trainer = SCLTrainer(model=model, args=make_args(tmp_path), eval_dataset=tiny_synthetic["test"])
+    metrics = trainer.evaluate()
+    per_class = [metrics[f"eval_AP/{name}"] for name in names]
+    assert metrics["eval_mAP"] == pytest.approx(np.mean(per_class))
