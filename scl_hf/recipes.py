@@ -32,6 +32,7 @@ class SyntheticBudget:
     batch_size: int = 32
     learning_rate: float = 1e-3
     dataloader_workers: int = 0
+    model_kwargs: dict = field(default_factory=lambda: {"output_stride": 16})  # a 4×4 class-map grid at 64 px
     extra: dict = field(default_factory=dict)  # any SCLConfig field, e.g. {"spatial_weight": 2.0}
 
 
@@ -47,7 +48,8 @@ def run_method(method: str, seed: int, data, budget: SyntheticBudget, output_dir
     """Train one method from scratch; return test mAP, per-step time and the trainer's history."""
     names = data["train"].features["label"].names
     torch.manual_seed(seed)
-    model = create_model(budget.model_name, num_labels=len(names), id2label=names, pretrained=False)
+    model = create_model(budget.model_name, num_labels=len(names), id2label=names, pretrained=False,
+                         **budget.model_kwargs)
     args = SCLConfig(
         output_dir=str(output_dir), method=method, image_size=budget.image_size, num_train_epochs=budget.epochs,
         per_device_train_batch_size=budget.batch_size, per_device_eval_batch_size=128,

@@ -139,6 +139,11 @@ class SCLTrainer(Trainer):
     def consistency_active(self) -> bool:
         return (self.state.epoch or 0.0) >= self.args.warmup_epochs - 1e-6
 
+    def bank_recording(self) -> bool:
+        """The bank records from the last warm-up epoch on: observations of a barely trained network would
+        otherwise stay in the running averages (first observation sets them) and become the targets."""
+        return (self.state.epoch or 0.0) >= self.args.warmup_epochs - 1.0 - 1e-6
+
     def consistency_ramp(self) -> float:
         """0 → 1 over `consistency_rampup_epochs` after the warm-up (1 at once when that is 0)."""
         if self.args.consistency_rampup_epochs <= 0:
@@ -183,7 +188,7 @@ class SCLTrainer(Trainer):
                 )
                 loss = loss + self.consistency_ramp() * self.args.spatial_weight * terms["loss_scl"]
 
-        if self.bank is not None:
+        if self.bank is not None and self.bank_recording():
             self.update_bank(indices, inputs["boxes"], inputs["flips"], logits, class_maps)
         for name, value in terms.items():
             self._loss_terms[name].append(value.detach())
@@ -235,6 +240,41 @@ class SCLTrainer(Trainer):
         if prediction_loss_only:
             return loss, None, None
         return loss, logits, labels
+
+    # ------------------------------------------------------------------ release export and Hub (scl_hf.hub)
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Checkpoints keep Trainer's format (plus a token-free training_args.json); a user's call writes the
+        release folder of scl_hf.hub.export: safetensors, preprocessor config, model card, no pickles."""
+        from . import hub
+
+        if _internal_call:
+            super().save_model(output_dir, _internal_call=True)
+            if self.args.should_save:
+                hub.write_training_args(self.args, output_dir or self.args.output_dir)
+            return
+        hub.save_trainer_model(self, output_dir or self.args.output_dir)
+        if self.args.push_to_hub:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def create_model_card(self, **kwargs) -> None:
+        """README.md in output_dir from the scl_hf card template (method, data, mAP, configuration, citation)."""
+        from . import hub
+
+        if self.is_world_process_zero():
+            hub.trainer_model_card(self, **kwargs).save(os.path.join(self.args.output_dir, "README.md"))
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None,
+                    revision=None, private=None, **kwargs):
+        """Upload only the release files (never the bank, optimizer/rng state, checkpoints or pickles)."""
+        from . import hub
+
+        return hub.push_trainer(self, commit_message=commit_message, token=token, revision=revision,
+                                private=private, **kwargs)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Trainer would upload output_dir as it is (the bank included): push the release files instead."""
+        if self.args.hub_strategy != "end":
+            self.push_to_hub(commit_message=f"Training in progress, step {self.state.global_step}")
 
 
 def check_free_space(folder: Path, header: BankHeader) -> None:

@@ -1,0 +1,23 @@
+# The two set-up commands of the README: `make demo` and `make test`. Each creates .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test bench lint
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.installed  ## AN vs SCL on the embedded synthetic dataset, on CPU
+	$(PY) examples/train_synthetic.py --output_dir runs/synthetic
+
+test: $(VENV)/.installed  ## lint, then the whole test suite (CPU)
+	$(VENV)/bin/ruff check scl_hf examples benchmarks tests
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: $(VENV)/.installed  ## the benchmark table of the README (minutes to an hour on CPU)
+	$(PY) benchmarks/compare_methods.py
+	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/metric_speed.py
