@@ -51,6 +51,16 @@ class SCLConfig(TrainingArguments):
     expected_negative_threshold: float = field(
         default=0.5, metadata={"help": "τ of 'en': unobserved classes with running average ≥ τ are not penalised."}
     )
+    crop_corrected_positive: bool = field(
+        default=False,
+        metadata={"help": "With 'scl': weight the observed class's image-level positive by its peak stored heat "
+                  "inside the crop, so a crop that cut the labelled object out does not ask for a positive."},
+    )
+    crop_negative_threshold: float | None = field(
+        default=None,
+        metadata={"help": "With 'scl': leave out of the base loss the unobserved classes whose peak stored heat "
+                  "inside the crop reaches this value (an unlabelled object in view). None: off."},
+    )
     spatial_loss: str = field(default="bce", metadata={"help": "Per-cell loss of 'scl': 'bce' or 'mse'."})
     bank_size: int = field(
         default=14,
@@ -58,6 +68,14 @@ class SCLConfig(TrainingArguments):
     )
     bank_dir: str | None = field(
         default=None, metadata={"help": "Folder of the memory-mapped bank (default: <output_dir>/scl_bank). Node-local."}
+    )
+    bank_layout: str = field(
+        default="dense",
+        metadata={"help": "Heatmap bank layout: 'dense' keeps every class's map (N·C·S²·2 bytes); 'sparse' keeps the "
+                  "observed class and the bank_top_k likeliest others per image, for ImageNet-size runs (docs/bank.md)."},
+    )
+    bank_top_k: int = field(
+        default=5, metadata={"help": "Sparse layout: classes with the highest running average kept besides the observed one."}
     )
     # ----- augmentation
     image_size: int = field(default=448, metadata={"help": "Side of the square training/eval views (protocol: 448)."})
@@ -91,6 +109,10 @@ class SCLConfig(TrainingArguments):
             raise ValueError(f"spatial_loss must be 'bce' or 'mse', got {self.spatial_loss!r}")
         if not 0 < self.crop_scale_min <= self.crop_scale_max <= 1:
             raise ValueError("need 0 < crop_scale_min <= crop_scale_max <= 1")
+        if self.bank_layout not in ("dense", "sparse"):
+            raise ValueError(f"bank_layout must be 'dense' or 'sparse', got {self.bank_layout!r}")
+        if self.bank_top_k < 1:
+            raise ValueError(f"bank_top_k must be at least 1, got {self.bank_top_k}")
         if self.empty_class_policy not in ("zero", "skip"):
             raise ValueError("empty_class_policy must be 'zero' or 'skip'")
         if self.remove_unused_columns:

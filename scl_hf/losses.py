@@ -30,6 +30,7 @@ class LossContext:
     num_classes: int = 0
     indices: torch.Tensor | None = None
     full_labels: torch.Tensor | None = None  # only the "full" upper bound may read these
+    element_weights: torch.Tensor | None = None  # (B, C) per-entry weights of the base loss (crop correction)
     state: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
 
@@ -64,7 +65,29 @@ def assume_negative_loss(
 ) -> torch.Tensor:
     """"Assume negative": BCE with every unobserved class as a negative (Cole et al. 2021 baseline)."""
     values = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    if ctx.element_weights is not None:
+        values = values * ctx.element_weights
     return masked_mean(values, None if ignore is None else ~ignore)
+
+
+def crop_corrected_weights(
+    targets: torch.Tensor, map_targets: torch.Tensor, cell_weights: torch.Tensor, negative_threshold: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the stored heatmaps say about this crop, as base-loss weights and an ignore mask.
+
+    The observed class is weighted by its peak stored heat inside the crop: a crop that cut the labelled
+    object out of view no longer asks for a positive. Unobserved classes whose peak stored heat inside the
+    crop reaches `negative_threshold` are left out of the negatives (an unlabelled object in view).
+    Cells never observed (weight 0) say nothing.
+    """
+    seen = (cell_weights > 0)[:, None]
+    peak = torch.where(seen, map_targets, torch.zeros_like(map_targets)).amax(dim=(2, 3))  # (B, C)
+    has_view = seen.flatten(1).any(dim=1)[:, None]
+    weights = torch.where((targets > 0.5) & has_view, peak, torch.ones_like(peak))
+    ignore = torch.zeros_like(targets, dtype=torch.bool)
+    if negative_threshold is not None:
+        ignore = (targets < 0.5) & has_view & (peak >= negative_threshold)
+    return weights, ignore
 
 
 def consistency_loss(logits: torch.Tensor, targets: torch.Tensor, running_probs: torch.Tensor) -> torch.Tensor:

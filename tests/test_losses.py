@@ -192,3 +192,28 @@ def test_parse_method_cl_and_en_exclusive():
         parse_method("cl+en")
     with pytest.raises(ValueError, match="choose one"):
         parse_method("en+scl+cl")
+
+
+def test_crop_corrected_weights_by_hand():
+    from scl_hf.losses import crop_corrected_weights
+
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    map_targets = torch.zeros(2, 3, 2, 2)
+    map_targets[0, 0, 0, 0] = 0.2  # observed class, faint in this crop → positive weight 0.2
+    map_targets[0, 1, 1, 1] = 0.7  # unobserved class, strong in view → left out of the negatives
+    map_targets[0, 2, 0, 1] = 0.9  # unobserved but in an unobserved cell → says nothing
+    map_targets[1, 1] = 0.9  # second image: no cell observed at all → no correction
+    cell_weights = torch.tensor([[[1.0, 0.0], [1.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    weights, ignore = crop_corrected_weights(targets, map_targets, cell_weights, negative_threshold=0.5)
+    assert weights.tolist() == [[pytest.approx(0.2), 1.0, 1.0], [1.0, 1.0, 1.0]]
+    assert ignore.tolist() == [[False, True, False], [False, False, False]]
+    _, no_negatives = crop_corrected_weights(targets, map_targets, cell_weights, negative_threshold=None)
+    assert not no_negatives.any()
+
+
+def test_assume_negative_applies_element_weights():
+    logits = torch.tensor([[0.5, -1.0]])
+    targets = torch.tensor([[1.0, 0.0]])
+    ctx = LossContext(element_weights=torch.tensor([[0.25, 1.0]]))
+    expected = (0.25 * -math.log(1 / (1 + math.exp(-0.5))) + -math.log(1 - 1 / (1 + math.exp(1.0)))) / 2
+    assert assume_negative_loss(logits, targets, ctx).item() == pytest.approx(expected, rel=1e-6)
