@@ -18,6 +18,13 @@ _PUBLIC = {
     "parse_method": ".losses",
     "make_compute_metrics": ".metrics",
     "mean_average_precision": ".metrics",
+    "average_precision_per_class": ".metrics",
+    "f1_at_threshold": ".metrics",
+    "load_map_metric": ".metrics",
+    "export": ".hub",
+    "load_checkpoint": ".hub",
+    "push": ".hub",
+    "make_model_card": ".hub",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -60,7 +60,7 @@ def create_model(
     config = TimmWrapperConfig(
         architecture=pretrained_cfg.get("architecture", name),
         pretrained_cfg=pretrained_cfg,
-        model_args=dict(timm_kwargs) or None,
+        model_args=dict(timm_kwargs),  # {} not None: timm's local-dir loader needs a dict
         num_labels=num_labels,
         id2label=id2label,
         label2id={v: k for k, v in id2label.items()},
