@@ -92,6 +92,9 @@ class SCLConfig(TrainingArguments):
     labels_column: str = field(
         default="labels", metadata={"help": "List of all positive class ids of the eval set (never used for training)."}
     )
+    log_per_class_ap: bool = field(
+        default=False, metadata={"help": "Also log AP/<class> for every class at each evaluation (80 keys on COCO)."}
+    )
     empty_class_policy: str = field(
         default="zero", metadata={"help": "AP of a class with no positive in the eval set: 'zero' or 'skip'."}
     )

@@ -126,7 +126,8 @@ def test_bad_columns_and_labels_fail_clearly(tiny_synthetic, tmp_path):
 def test_evaluate_reports_map_and_per_class_ap(tiny_synthetic, tmp_path):
     names = tiny_synthetic["train"].features["label"].names
     model = create_model("resnet18", num_labels=5, id2label=names)
-    trainer = SCLTrainer(model=model, args=make_args(tmp_path), eval_dataset=tiny_synthetic["test"])
+    trainer = SCLTrainer(model=model, args=make_args(tmp_path, log_per_class_ap=True), eval_dataset=tiny_synthetic["test"])
     metrics = trainer.evaluate()
+    assert trainer.evaluate(eval_dataset=tiny_synthetic["test"])["eval_mAP"] == metrics["eval_mAP"]  # plain Dataset
     per_class = [metrics[f"eval_AP/{name}"] for name in names]
     assert metrics["eval_mAP"] == pytest.approx(np.mean(per_class))
