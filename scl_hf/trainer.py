@@ -77,7 +77,9 @@ class SCLTrainer(Trainer):
                                        args.label_column)
         eval_dataset = self._eval_views(eval_dataset, args)
         if compute_metrics is None:
-            compute_metrics = make_compute_metrics(id2label or None, empty_class=args.empty_class_policy)
+            compute_metrics = make_compute_metrics(
+                id2label or None, empty_class=args.empty_class_policy, per_class=args.log_per_class_ap
+            )
         super().__init__(
             model=model, args=args, data_collator=stack_batch, train_dataset=train_dataset,
             eval_dataset=eval_dataset, processing_class=processing_class, compute_metrics=compute_metrics,
@@ -88,9 +90,15 @@ class SCLTrainer(Trainer):
         self.bank: SCLBank | None = None
         self._loss_terms: dict[str, list[torch.Tensor]] = defaultdict(list)
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """As Trainer.evaluate; a plain `datasets.Dataset` (image + labels) is accepted and wrapped too."""
+        if eval_dataset is not None and not isinstance(eval_dataset, (EvalViews, str)):
+            eval_dataset = self._eval_views(eval_dataset, self.args)
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
     def _eval_views(self, eval_dataset, args):
-        if eval_dataset is None:
-            return None
+        if eval_dataset is None or isinstance(eval_dataset, EvalViews):
+            return eval_dataset
         wrap = lambda ds: EvalViews(ds, self.eval_transform, self.num_labels, args.image_column, args.labels_column)  # noqa: E731
         if isinstance(eval_dataset, dict):
             return {name: wrap(ds) for name, ds in eval_dataset.items()}
