@@ -23,6 +23,7 @@ from .losses import (
     BASE_LOSSES,
     LossContext,
     consistency_loss,
+    crop_corrected_weights,
     expected_negatives_ignore,
     observed_one_hot,
     spatial_consistency_loss,
@@ -170,13 +171,30 @@ class SCLTrainer(Trainer):
         active = self.consistency_active()
         terms: dict[str, torch.Tensor] = {}
 
-        running = seen = ignore = None
+        class_maps = map_targets = cell_weights = None
+        if self.method.needs_heatmaps:
+            class_maps = self.map_hook.pop_maps().float()
+            if active:
+                map_targets, cell_weights = (
+                    t.to(class_maps.device)
+                    for t in self.bank.read_spatial(indices, inputs["boxes"], inputs["flips"], tuple(class_maps.shape[-2:]))
+                )
+
+        running = seen = None
+        ignore = torch.zeros_like(targets, dtype=torch.bool)
         if self.method.needs_predictions:
             running, seen = (t.to(logits.device) for t in self.bank.read_predictions(indices))
             if "en" in self.method.terms and active:
-                ignore = expected_negatives_ignore(targets, running, self.args.expected_negative_threshold)
+                ignore |= expected_negatives_ignore(targets, running, self.args.expected_negative_threshold)
                 ignore &= (seen > 0)[:, None]
-        terms["loss_base"] = BASE_LOSSES[self.method.base](logits, targets, context, ignore)
+        if map_targets is not None and (self.args.crop_corrected_positive or self.args.crop_negative_threshold):
+            positive_weights, crop_ignore = crop_corrected_weights(
+                targets, map_targets, cell_weights, self.args.crop_negative_threshold
+            )
+            if self.args.crop_corrected_positive:
+                context.element_weights = positive_weights
+            ignore |= crop_ignore
+        terms["loss_base"] = BASE_LOSSES[self.method.base](logits, targets, context, ignore if ignore.any() else None)
         loss = terms["loss_base"]
 
         if "cl" in self.method.terms and active:
@@ -184,17 +202,9 @@ class SCLTrainer(Trainer):
             terms["loss_cl"] = consistency_loss(logits[observed_rows], targets[observed_rows], running[observed_rows])
             loss = loss + self.consistency_ramp() * self.args.consistency_weight * terms["loss_cl"]
 
-        class_maps = None
-        if self.method.needs_heatmaps:
-            class_maps = self.map_hook.pop_maps().float()
-            if active:
-                map_targets, weights = self.bank.read_spatial(
-                    indices, inputs["boxes"], inputs["flips"], tuple(class_maps.shape[-2:])
-                )
-                terms["loss_scl"] = spatial_consistency_loss(
-                    class_maps, map_targets.to(class_maps.device), weights.to(class_maps.device), self.args.spatial_loss
-                )
-                loss = loss + self.consistency_ramp() * self.args.spatial_weight * terms["loss_scl"]
+        if map_targets is not None:
+            terms["loss_scl"] = spatial_consistency_loss(class_maps, map_targets, cell_weights, self.args.spatial_loss)
+            loss = loss + self.consistency_ramp() * self.args.spatial_weight * terms["loss_scl"]
 
         if self.bank is not None and self.bank_recording():
             self.update_bank(indices, inputs["boxes"], inputs["flips"], logits, class_maps)
