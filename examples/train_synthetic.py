@@ -1,6 +1,6 @@
 """The embedded default: AN vs SCL on the built-in synthetic multi-object dataset, on CPU, in minutes.
 
-    python examples/train_synthetic.py                       # AN and SCL, seed 0, ~5 min on 2 CPU cores
+    python examples/train_synthetic.py                       # AN and SCL, seed 0, a few minutes on 2 CPU cores
     python examples/train_synthetic.py --seeds 0 1 2         # the 3-seed benchmark of the README
     python examples/train_synthetic.py --tiny                # a smoke run (seconds)
 
@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
                              num_test=args.num_test, image_size=args.image_size, extra=parse_overrides(args.set))
     if args.tiny:
         budget.num_train, budget.num_test, budget.epochs, budget.image_size = 48, 24, 2, 64
-        budget.batch_size, budget.source_size = 16, 96
+        budget.batch_size, budget.source_size, budget.bank_size = 16, 96, 4
     out = Path(args.output_dir)
     runs = []
     for seed in args.seeds:

@@ -24,11 +24,12 @@ class SyntheticBudget:
     """The synthetic benchmark's defaults: a small CNN from scratch that learns in minutes on 2 CPU cores."""
 
     model_name: str = "resnet18"
-    num_train: int = 2000
-    num_test: int = 500
-    source_size: int = 128
-    image_size: int = 96
-    epochs: int = 8
+    num_train: int = 1000
+    num_test: int = 300
+    source_size: int = 96
+    image_size: int = 64
+    epochs: int = 10
+    bank_size: int = 8
     batch_size: int = 32
     learning_rate: float = 1e-3
     dataloader_workers: int = 0
@@ -56,7 +57,7 @@ def run_method(method: str, seed: int, data, budget: SyntheticBudget, output_dir
         learning_rate=budget.learning_rate, weight_decay=1e-4, lr_scheduler_type="cosine", warmup_steps=0.05,
         use_cpu=not torch.cuda.is_available(), seed=seed, data_seed=seed, eval_strategy="epoch",
         save_strategy="no", logging_steps=20, report_to="none", disable_tqdm=quiet,
-        dataloader_num_workers=budget.dataloader_workers, **budget.extra,
+        dataloader_num_workers=budget.dataloader_workers, bank_size=budget.bank_size, **budget.extra,
     )
     trainer = SCLTrainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["test"])
     started = time.perf_counter()
