@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .baselines import BASELINE_DEFAULTS, options_from_config, validate_options
 from .losses import parse_method
 
 
@@ -77,6 +78,39 @@ class SCLConfig(TrainingArguments):
     bank_top_k: int = field(
         default=5, metadata={"help": "Sparse layout: classes with the highest running average kept besides the observed one."}
     )
+    # ----- baseline losses (scl_hf/baselines.py; COCO defaults, VOC ones in baselines.DATASET_DEFAULTS)
+    ls_coefficient: float = field(
+        default=BASELINE_DEFAULTS["ls_coefficient"],
+        metadata={"help": "ε of 'an-ls': targets 1-ε / ε (Cole et al. 2021, ls_coef)."},
+    )
+    expected_positives: float = field(
+        default=BASELINE_DEFAULTS["expected_positives"],
+        metadata={"help": "k of 'epr' and 'role': the dataset's average positives per image (COCO 2.9, VOC 1.5; "
+                  "Cole et al. 2021)."},
+    )
+    role_lr_multiplier: float = field(
+        default=BASELINE_DEFAULTS["role_lr_multiplier"],
+        metadata={"help": "'role': learning rate of the per-image label estimates / learning_rate (Cole et al.: 10)."},
+    )
+    ll_delta_rel: float = field(
+        default=BASELINE_DEFAULTS["ll_delta_rel"],
+        metadata={"help": "Δrel of 'll-r'/'ll-ct'/'ll-cp' in % per epoch (Kim et al. 2022 try 0.1…0.5)."},
+    )
+    em_alpha: float = field(
+        default=BASELINE_DEFAULTS["em_alpha"],
+        metadata={"help": "α of 'em'/'em-apl': weight of the entropy of unobserved labels (Zhou et al. 2022, coco)."},
+    )
+    apl_beta: float = field(
+        default=BASELINE_DEFAULTS["apl_beta"], metadata={"help": "β of 'em-apl': weight of the soft pseudo-negatives."}
+    )
+    apl_warmup_epochs: int = field(
+        default=int(BASELINE_DEFAULTS["apl_warmup_epochs"]),
+        metadata={"help": "'em-apl': epochs of EM alone before pseudo-negatives are chosen (Zhou et al., coco: 5)."},
+    )
+    apl_negative_proportion: float = field(
+        default=BASELINE_DEFAULTS["apl_negative_proportion"],
+        metadata={"help": "θ of 'em-apl': share of each class's unobserved labels made pseudo-negative by the end."},
+    )
     # ----- augmentation
     image_size: int = field(default=448, metadata={"help": "Side of the square training/eval views (protocol: 448)."})
     crop_scale_min: float = field(
@@ -106,6 +140,7 @@ class SCLConfig(TrainingArguments):
 
     def __post_init__(self):
         self.method_spec = parse_method(self.method)
+        validate_options(options_from_config(self))
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.spatial_loss not in ("bce", "mse"):

@@ -31,17 +31,35 @@ class LossContext:
     indices: torch.Tensor | None = None
     full_labels: torch.Tensor | None = None  # only the "full" upper bound may read these
     element_weights: torch.Tensor | None = None  # (B, C) per-entry weights of the base loss (crop correction)
-    state: dict = field(default_factory=dict)
+    state: torch.nn.Module | None = None  # per-image state of a stateful base loss (made by the trainer)
     options: dict = field(default_factory=dict)
 
 
 BaseLoss = Callable[[torch.Tensor, torch.Tensor, LossContext, torch.Tensor | None], torch.Tensor]
+StateFactory = Callable[[torch.Tensor, int, dict], torch.nn.Module]  # (observed labels (N,), C, options)
 BASE_LOSSES: dict[str, BaseLoss] = {}
 
 
-def register_base_loss(name: str) -> Callable[[BaseLoss], BaseLoss]:
+@dataclass(frozen=True)
+class BaseLossInfo:
+    """What the trainer must provide besides logits and labels: a per-image state, the full labels."""
+
+    make_state: StateFactory | None = None
+    full_labels: bool = False
+
+
+BASE_LOSS_INFO: dict[str, BaseLossInfo] = {}
+
+
+def register_base_loss(
+    name: str, make_state: StateFactory | None = None, full_labels: bool = False
+) -> Callable[[BaseLoss], BaseLoss]:
+    """Register a base loss under `name` (the single registry of methods); stateful losses declare
+    `make_state`, and only an upper bound may ask for `full_labels` (see baselines.py)."""
+
     def wrap(fn: BaseLoss) -> BaseLoss:
         BASE_LOSSES[name] = fn
+        BASE_LOSS_INFO[name] = BaseLossInfo(make_state, full_labels)
         return fn
 
     return wrap
@@ -137,6 +155,14 @@ class MethodSpec:
     def name(self) -> str:
         return "+".join([self.base, *sorted(self.terms)])
 
+    @property
+    def info(self) -> BaseLossInfo:
+        return BASE_LOSS_INFO.get(self.base, BaseLossInfo())
+
+    @property
+    def needs_full_labels(self) -> bool:
+        return self.info.full_labels
+
 
 def parse_method(method: str) -> MethodSpec:
     """'scl' → an + scl; 'll-r+scl' → ll-r + scl. Unknown names fail with the valid ones listed."""
@@ -155,3 +181,6 @@ def parse_method(method: str) -> MethodSpec:
     if {"cl", "en"} <= set(terms):
         raise ValueError("'cl' and 'en' are two treatments of the unobserved classes; choose one")
     return MethodSpec(bases[0] if bases else "an", frozenset(terms))
+
+
+from . import baselines  # noqa: E402, F401  (registers the single-positive baselines; imports this module)

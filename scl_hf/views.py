@@ -2,7 +2,9 @@
 
 `TrainViews` yields the augmented view with its crop box, flip flag and row index (the bank key), and
 the single observed label only: the full-label column is dropped before any row is read, so it cannot
-reach the training loss. `EvalViews` yields the whole image and the multi-hot target of all labels.
+reach the training loss. The one exception is explicit: `full_labels_column`, which SCLTrainer sets only for
+the full-label upper bound (method "full"), adds a multi-hot `full_labels` target. `EvalViews` yields the
+whole image and the multi-hot target of all labels.
 Both run in dataloader workers; the epoch lives in a shared-memory tensor that the trainer sets at the
 start of every epoch, so workers (persistent or not) draw the views of the right epoch.
 """
@@ -37,11 +39,17 @@ def check_label_range(values, num_labels: int, column: str, role: str) -> None:
 
 
 class TrainViews(Dataset):
-    def __init__(self, dataset, transform: TrainTransform, epoch_ref: torch.Tensor, image_column: str, label_column: str):
+    def __init__(self, dataset, transform: TrainTransform, epoch_ref: torch.Tensor, image_column: str, label_column: str,
+                 full_labels_column: str | None = None, num_labels: int = 0):
         require_columns(dataset, {image_column: "image_column", label_column: "label_column"}, "training")
-        self.rows = dataset.select_columns([image_column, label_column])
+        columns = [image_column, label_column]
+        if full_labels_column is not None:  # the "full" upper bound only
+            require_columns(dataset, {full_labels_column: "labels_column"}, "training (method='full')")
+            columns.append(full_labels_column)
+        self.rows = dataset.select_columns(columns)
         self.transform, self.epoch_ref = transform, epoch_ref
         self.image_column, self.label_column = image_column, label_column
+        self.full_labels_column, self.num_labels = full_labels_column, num_labels
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -52,13 +60,17 @@ class TrainViews(Dataset):
         if image is None:
             raise ValueError(f"training row {index} has no image")
         pixels, box = self.transform(image, epoch=int(self.epoch_ref[0]), index=int(index))
-        return {
+        item = {
             "pixel_values": pixels,
             "label": torch.tensor(int(row[self.label_column])),
             "index": torch.tensor(int(index)),
             "boxes": box.as_tensor(),
             "flips": torch.tensor(box.flip),
         }
+        if self.full_labels_column is not None:
+            item["full_labels"] = torch.zeros(self.num_labels)
+            item["full_labels"][list(row[self.full_labels_column])] = 1.0
+        return item
 
 
 class EvalViews(Dataset):

@@ -1,0 +1,172 @@
+"""Every single-positive method on the embedded synthetic benchmark: same backbone, data, budget and evaluation.
+
+    .venv/bin/python benchmarks/compare_methods.py                      # all methods × seeds 0 1 2 (hours on CPU)
+    .venv/bin/python benchmarks/compare_methods.py --methods an ll-r scl --seeds 0
+    .venv/bin/python benchmarks/compare_methods.py --tiny --methods an role --seeds 0   # smoke run (a minute)
+
+Each (method, seed) run trains from scratch with scl_hf.recipes.run_method under SyntheticBudget's defaults
+(scl_hf/recipes.py: resnet18 from scratch on the 10-class synthetic set) and reports test mAP on the full labels.
+The JSON is rewritten after every run and runs already in it are skipped, so an interrupted benchmark
+continues where it stopped; a JSON written under another budget is refused rather than mixed in.
+
+Writes <output>.json (runs, per-method summary, budget, machine), <output>.md (mean ± std table) and
+<output>.png (bar chart with ±1 std error bars). "full" trains on the full labels: an upper bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from scl_hf.losses import BASE_LOSSES
+from scl_hf.recipes import (
+    SyntheticBudget,
+    budget_dict,
+    markdown_table,
+    run_method,
+    save_runs,
+    summarise,
+    synthetic_data,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# Every base loss alone, the consistency terms on AN, and two compositions of a baseline with a consistency term.
+DEFAULT_METHODS = ["full", *sorted(n for n in BASE_LOSSES if n != "full"), "cl", "en", "scl", "ll-r+scl", "em-apl+scl"]
+# The synthetic generator draws 1–4 objects per image uniformly: 2.5 positives per image on average. This is
+# the dataset statistic EPR and ROLE assume known (as Cole et al. take 2.9 for COCO), not read from any label.
+SYNTHETIC_OPTIONS = {"expected_positives": 2.5}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, help="SCLConfig.method values")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed and method")
+    parser.add_argument("--epochs", type=int, default=None, help=f"training epochs (default {SyntheticBudget.epochs})")
+    parser.add_argument("--output", default=None,
+                        help="path stem of the .json/.md/.png (default benchmarks/results/compare_methods; "
+                             "with --tiny runs/compare_methods_tiny/compare_methods)")
+    parser.add_argument("--work_dir", default="runs/compare_methods", help="training output folders (removed after each run)")
+    parser.add_argument("--tiny", action="store_true", help="a seconds-per-run smoke budget; never mix with real results")
+    parser.add_argument("--progress", action="store_true", help="show the Trainer's progress bars")
+    return parser.parse_args(argv)
+
+
+def make_budget(args: argparse.Namespace) -> SyntheticBudget:
+    budget = SyntheticBudget(extra=dict(SYNTHETIC_OPTIONS))
+    if args.tiny:  # the smoke budget of examples/train_synthetic.py --tiny; EM-APL's pseudo-labels start at once
+        budget.num_train, budget.num_test, budget.epochs, budget.image_size = 48, 24, 2, 64
+        budget.batch_size, budget.source_size, budget.bank_size = 16, 96, 4
+        budget.extra["apl_warmup_epochs"] = 1
+    if args.epochs is not None:
+        budget.epochs = args.epochs
+    return budget
+
+
+def load_previous(path: Path, budget: dict) -> list[dict]:
+    """Runs already done under the same budget; a file from another budget is an error, not a silent mix."""
+    if not path.exists():
+        return []
+    saved = json.loads(path.read_text())
+    if saved.get("meta", {}).get("budget") != budget:
+        raise SystemExit(f"{path} holds runs of another budget ({saved.get('meta', {}).get('budget')}); "
+                         "choose another --output or delete it")
+    return saved["runs"]
+
+
+def plot(table: dict[str, dict], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(table)
+    means = [table[n]["mAP_mean"] for n in names]
+    stds = [table[n]["mAP_std"] for n in names]
+    colours = ["0.6" if n == "full" else ("tab:orange" if any(t in n.split("+") for t in ("cl", "en", "scl"))
+                                           else "tab:blue") for n in names]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(names) + 2), 4.2))
+    ax.bar(range(len(names)), means, yerr=stds, capsize=3, color=colours)
+    if "an" in table:
+        ax.axhline(table["an"]["mAP_mean"], color="k", lw=0.8, ls="--", label="AN (assume negative)")
+        ax.legend(loc="lower right")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_ylabel("test mAP (mean ± std over seeds)")
+    low = min(m - s for m, s in zip(means, stds))
+    ax.set_ylim(max(0.0, low - 5.0), min(100.0, max(m + s for m, s in zip(means, stds)) + 3.0))
+    ax.set_title(title, fontsize=9)
+    ax.text(0.01, 0.98, "grey: full labels (upper bound); orange: with consistency terms", transform=ax.transAxes,
+            va="top", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(runs: list[dict], stem: Path, meta: dict, methods: list[str]) -> dict[str, dict]:
+    save_runs(runs, stem.with_suffix(".json"), **meta)
+    order = [m for m in methods if any(r["method"] == m for r in runs)]
+    order += [m for m in dict.fromkeys(r["method"] for r in runs) if m not in order]
+    table = {m: summarise(runs)[m] for m in order}
+    budget = meta["budget"]
+    seeds = sorted({r["seed"] for r in runs})
+    lines = [
+        "# Single-positive methods on the synthetic benchmark",
+        "",
+        f"{budget['model_name']} from scratch, {budget['num_train']} training / {budget['num_test']} test images, "
+        f"{budget['epochs']} epochs, batch {budget['batch_size']}, lr {budget['learning_rate']}, {budget['image_size']} px; "
+        f"seeds {seeds}; options {budget['extra']}. Test mAP on the full labels (mean ± sample std over seeds).",
+        "`full` trains on every true label: an upper bound, not single-positive learning.",
+        f"Written by benchmarks/compare_methods.py on {meta['machine']}, torch {meta['torch']}, {meta['written']}.",
+        "",
+        markdown_table(table, reference="an" if "an" in table else None),
+        "",
+    ]
+    stem.with_suffix(".md").write_text("\n".join(lines))
+    plot(table, stem.with_suffix(".png"), f"synthetic benchmark, {budget['epochs']} epochs, seeds {seeds}")
+    return table
+
+
+def main(argv=None) -> dict[str, dict]:
+    args = parse_args(argv)
+    budget = make_budget(args)
+    stem = Path(args.output) if args.output else (
+        Path("runs/compare_methods_tiny/compare_methods") if args.tiny else RESULTS / "compare_methods")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    runs = load_previous(stem.with_suffix(".json"), budget_dict(budget))
+    done = {(r["method"], r["seed"]) for r in runs}
+    meta = {"budget": budget_dict(budget), "machine": platform.platform(), "processor": platform.processor(),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    for seed in args.seeds:
+        todo = [m for m in args.methods if (m, seed) not in done]
+        if not todo:
+            continue
+        data = synthetic_data(budget, seed=seed)
+        for method in todo:
+            work = Path(args.work_dir) / f"{method}-seed{seed}"
+            started = time.perf_counter()
+            run = run_method(method, seed, data, budget, work, quiet=not args.progress)
+            run.pop("trainer")
+            runs.append(run)
+            shutil.rmtree(work, ignore_errors=True)
+            meta["written"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+            write_outputs(runs, stem, meta, args.methods)  # after every run: an interruption loses one run at most
+            print(f"seed {seed} {method:>11}: test mAP {run['mAP']:.2f}  ({time.perf_counter() - started:.0f} s)",
+                  flush=True)
+    if not runs:
+        raise SystemExit("nothing to report")
+    meta["written"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    table = write_outputs(runs, stem, meta, args.methods)
+    print("\n" + markdown_table(table, reference="an" if "an" in table else None))
+    print(f"results: {stem.with_suffix('.json')}, {stem.with_suffix('.md')}, {stem.with_suffix('.png')}")
+    return table
+
+
+if __name__ == "__main__":
+    main()
