@@ -21,6 +21,14 @@ from torchvision.ops import roi_align
 ROI_SAMPLING_RATIO = 0
 
 
+def _mirror_rows(tensor: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Mirror (last axis) the rows whose flip flag is set, in place: no copy of the unflipped rows."""
+    rows = torch.nonzero(flips.reshape(-1).bool(), as_tuple=True)[0]
+    if len(rows):
+        tensor[rows] = tensor[rows].flip(-1)
+    return tensor
+
+
 def cut_crop(bank_rows: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
     """RoIAlign of (B, K, S, S) bank rows under normalised boxes (B, 4) → (B, K, h, w) in the view's frame."""
     size_y, size_x = bank_rows.shape[-2:]
@@ -31,21 +39,27 @@ def cut_crop(bank_rows: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, 
     cut = roi_align(
         bank_rows.float(), rois, output_size=out_size, spatial_scale=1.0, sampling_ratio=ROI_SAMPLING_RATIO, aligned=True
     )
-    return torch.where(flips.view(-1, 1, 1, 1).bool(), cut.flip(-1), cut)
+    return _mirror_rows(cut, flips)
 
 
 def cell_centres(size: int, device: torch.device | None = None) -> torch.Tensor:
     return (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size
 
 
-def paste_grid(boxes: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For every bank cell: where it falls in the crop (grid_sample coordinates) and whether it is inside."""
+def paste_grid(boxes: torch.Tensor, size: int, flips: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every bank cell: where it falls in the crop (grid_sample coordinates) and whether it is inside.
+
+    With `flips`, the x coordinate of flipped views is mirrored, so that sampling the view as it is equals
+    sampling the un-flipped view (align_corners=False maps pixel centres onto mirrored pixel centres)."""
     centres = cell_centres(size, boxes.device)
     x0, y0, x1, y1 = (boxes[:, i, None].float() for i in range(4))
     u = (centres[None] - x0) / (x1 - x0).clamp_min(1e-6)  # (B, S) along x
     v = (centres[None] - y0) / (y1 - y0).clamp_min(1e-6)  # (B, S) along y
     inside = ((u >= 0) & (u < 1))[:, None, :] & ((v >= 0) & (v < 1))[:, :, None]  # (B, S_y, S_x)
-    grid = torch.stack(torch.broadcast_tensors((2 * u - 1)[:, None, :], (2 * v - 1)[:, :, None]), dim=-1)
+    grid_x = 2 * u - 1
+    if flips is not None:
+        grid_x = torch.where(flips.reshape(-1, 1).bool(), -grid_x, grid_x)
+    grid = torch.stack(torch.broadcast_tensors(grid_x[:, None, :], (2 * v - 1)[:, :, None]), dim=-1)
     return grid, inside
 
 
@@ -56,20 +70,25 @@ def paste_crop(
     boxes: torch.Tensor,
     flips: torch.Tensor,
     momentum: float,
+    fresh: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """EMA paste-back of view-frame maps (B, K, h, w) into bank rows (B, K, S, S).
 
     Cells seen for the first time (coverage 0) take the new value; others become
-    momentum·old + (1 − momentum)·new. Returns the new rows (float32) and the new coverage counts.
+    momentum·old + (1 − momentum)·new. `fresh` (B, K), optional: channels whose history starts now (a class
+    that just entered a sparse bank's slots) take the new value at every cell inside the box, whatever the
+    coverage. Returns the new rows (float32) and the new coverage counts.
     """
     size = bank_rows.shape[-1]
-    unflipped = torch.where(flips.view(-1, 1, 1, 1).bool(), new_maps.flip(-1), new_maps).float()
-    grid, inside = paste_grid(boxes, size)
-    resampled = F.grid_sample(unflipped, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    old = bank_rows.float()
+    grid, inside = paste_grid(boxes, size, flips)
+    resampled = F.grid_sample(new_maps.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # one lerp per cell: old + w·(new − old), w = 0 outside the box, 1 at a first observation, 1 − m otherwise
+    # (torch.lerp is exact at w = 0 and w = 1, so untouched cells stay bit-identical and first ones take new)
     first = (coverage == 0)[:, None]
-    blended = torch.where(first, resampled, momentum * old + (1.0 - momentum) * resampled)
-    rows = torch.where(inside[:, None], blended, old)
+    if fresh is not None:
+        first = first | fresh.bool()[:, :, None, None]
+    weight = torch.where(first, 1.0, 1.0 - momentum) * inside[:, None]
+    rows = torch.lerp(bank_rows.float(), resampled, weight.expand_as(resampled))
     new_coverage = torch.where(inside, (coverage.long() + 1).clamp_max(255), coverage.long()).to(coverage.dtype)
     return rows, new_coverage
 
@@ -82,8 +101,15 @@ def spatial_targets(
     The weight is the observed fraction of each target cell; the target is the average of the observed
     bank values only (unobserved cells hold 0 and are divided out), so a half-seen cell is not pulled to 0.
     """
-    observed = (coverage > 0).float()[:, None]
-    weight = cut_crop(observed, boxes, flips, out_size)
-    summed = cut_crop(heat_rows.float() * observed, boxes, flips, out_size)
-    target = (summed / weight.clamp_min(1e-6)).clamp(0.0, 1.0)
+    batch, channels = heat_rows.shape[:2]
+    observed = (coverage > 0)[:, None]
+    # one RoIAlign over [heat·observed, observed]: channels are independent, so this is the two cuts at once
+    stacked = torch.empty((batch, channels + 1, *heat_rows.shape[-2:]), dtype=torch.float32, device=heat_rows.device)
+    stacked[:, :channels] = heat_rows
+    stacked[:, channels:] = observed
+    if not bool(observed.all()):  # later epochs: every cell observed, the mask would multiply by 1
+        stacked[:, :channels] *= stacked[:, channels:]
+    cut = cut_crop(stacked, boxes, flips, out_size)
+    summed, weight = cut[:, :channels], cut[:, channels:]
+    target = summed.div_(weight.clamp_min(1e-6)).clamp_(0.0, 1.0)
     return target, weight[:, 0]

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
+import uuid
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import broadcast_object_list
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from .bank import BankHeader, SCLBank, bank_nbytes, first_occurrence, open_bank
-from .baselines import options_from_config
+from .bank import BankHeader, SCLBank, check_free_space, first_occurrence, open_bank
+from .bank_snapshot import Snapshot, restore_snapshot, save_snapshot
 from .config import SCLConfig
 from .losses import (
     BASE_LOSSES,
@@ -44,22 +45,9 @@ class _EpochSync(TrainerCallback):
         self.epoch_ref = epoch_ref
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.epoch_ref.fill_(math.floor((state.epoch or 0.0) + 1e-6))
-
-
-class _LossStateGrads(TrainerCallback):
-    """Trainer zeroes only the model's gradients after a step: a loss state's parameters (ROLE) need it too."""
-
-    def __init__(self, trainer: SCLTrainer):
-        self.trainer = trainer
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        if self.trainer.loss_state is not None:
-            self.trainer.loss_state.zero_grad(set_to_none=True)
-
-
-LOSS_STATE_FILE = "scl_loss_state.safetensors"
-FULL_LABELS_WARNING = "method='full' trains on the full labels: an upper bound, not single-positive learning"
+        # state.epoch is e + j/steps_in_epoch with j < steps_in_epoch mid-epoch (a resume) and exactly e at a
+        # boundary, so floor is exact; a "+ 1e-6" would round e + (n-1)/n up for epochs of over 10^6 steps
+        self.epoch_ref.fill_(math.floor(state.epoch or 0.0))
 
 
 def dataset_fingerprint(dataset) -> str:
@@ -92,11 +80,8 @@ class SCLTrainer(Trainer):
         if train_dataset is not None:
             check_label_range(train_dataset[args.label_column] if args.label_column in train_dataset.column_names
                               else [], self.num_labels, args.label_column, "training")
-            full_labels_column = args.labels_column if self.method.needs_full_labels else None  # "full" only
-            if full_labels_column is not None:
-                warnings.warn(FULL_LABELS_WARNING, UserWarning, stacklevel=2)
             train_dataset = TrainViews(train_dataset, self.train_transform, self.epoch_ref, args.image_column,
-                                       args.label_column, full_labels_column, self.num_labels)
+                                       args.label_column)
         eval_dataset = self._eval_views(eval_dataset, args)
         if compute_metrics is None:
             compute_metrics = make_compute_metrics(
@@ -105,51 +90,13 @@ class SCLTrainer(Trainer):
         super().__init__(
             model=model, args=args, data_collator=stack_batch, train_dataset=train_dataset,
             eval_dataset=eval_dataset, processing_class=processing_class, compute_metrics=compute_metrics,
-            callbacks=[_EpochSync(self.epoch_ref), _LossStateGrads(self), *(callbacks or [])], **kwargs,
+            callbacks=[_EpochSync(self.epoch_ref), *(callbacks or [])], **kwargs,
         )
         self.model_accepts_loss_kwargs = False  # our loss is a mean per batch: let Trainer scale it for accumulation
         self.map_hook = attach_class_maps(self.model) if self.method.needs_heatmaps else None
         self.bank: SCLBank | None = None
+        self._bank_snapshot: Snapshot | None = None
         self._loss_terms: dict[str, list[torch.Tensor]] = defaultdict(list)
-        self.loss_options = options_from_config(args)
-        self.loss_state = self._make_loss_state()
-
-    # ------------------------------------------------------------------ per-image state of a base loss (baselines.py)
-    def _make_loss_state(self) -> torch.nn.Module | None:
-        """ROLE's estimates, LL-Cp's corrections, EM-APL's pseudo-negatives: N rows, kept out of the model."""
-        make_state = self.method.info.make_state
-        if make_state is None or self.raw_train_dataset is None:
-            return None
-        labels = torch.as_tensor(self.raw_train_dataset[self.args.label_column], dtype=torch.long)
-        state = make_state(labels, self.num_labels, self.loss_options).to(self.args.device)
-        if self.accelerator.num_processes > 1:  # identical copies on every process, as the bank
-            state.gather = self.accelerator.gather
-            for parameter in state.parameters():
-                parameter.register_hook(lambda grad: self.accelerator.reduce(grad, reduction="mean"))
-        return state
-
-    def create_optimizer(self, model=None):
-        """The loss state's parameters train with the model, in their own group: lr × state.lr_multiplier."""
-        optimizer = super().create_optimizer(model)
-        params = list(self.loss_state.parameters()) if self.loss_state is not None else []
-        known = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        if params and not any(id(p) in known for p in params):
-            lr = self.args.learning_rate * getattr(self.loss_state, "lr_multiplier", 1.0)
-            optimizer.add_param_group({"params": params, "lr": lr, "weight_decay": 0.0})
-        return optimizer
-
-    def _restore_loss_state(self, checkpoint: str) -> None:
-        from safetensors.torch import load_file
-
-        path = os.path.join(checkpoint, LOSS_STATE_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{checkpoint} has no {LOSS_STATE_FILE}: method {self.args.method!r} keeps "
-                                    "per-image state that a resumed run needs; resume from a checkpoint of this method")
-        saved = load_file(path, device=str(self.args.device))
-        mismatched = {k: tuple(v.shape) for k, v in saved.items() if v.shape != self.loss_state.state_dict()[k].shape}
-        if mismatched:
-            raise ValueError(f"{path} holds state of another training set: shapes {mismatched}")
-        self.loss_state.load_state_dict(saved)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """As Trainer.evaluate; a plain `datasets.Dataset` (image + labels) is accepted and wrapped too."""
@@ -178,43 +125,69 @@ class SCLTrainer(Trainer):
             with_heatmaps=self.method.needs_heatmaps,
             dataset_fingerprint=dataset_fingerprint(self.raw_train_dataset),
             config_fingerprint=self.args.bank_fingerprint(self.num_labels),
+            layout=self.args.bank_layout,
+            top_k=self.args.bank_top_k,
         )
 
-    def setup_bank(self) -> SCLBank | None:
-        """Local main creates the files; the other processes of the node open them read-only."""
+    def setup_bank(self, resume_from_checkpoint: str | None = None) -> SCLBank | None:
+        """The local main process of every node makes its own copy of the bank — fresh, or restored from the
+        checkpoint being resumed — and the node's other processes open it read-only (docs/bank.md)."""
         if not (self.method.needs_predictions or self.method.needs_heatmaps):
             return None
         header = self.expected_bank_header()
+        self._check_bank_is_node_local()
         if self.accelerator.is_local_main_process:
-            check_free_space(self.bank_dir, header)
-            self.bank = open_bank(self.bank_dir, header, writable=True, create=True)
+            saving = self.args.save_strategy != "no" and self.args.should_save
+            check_free_space(self.bank_dir, header, Path(self.args.output_dir) if saving else None)
+            if resume_from_checkpoint is not None:
+                self.bank, self._bank_snapshot = restore_snapshot(resume_from_checkpoint, self.bank_dir, header)
+            else:  # a run from step 0 starts its bank over; a dirty bank (crashed run) is refused instead
+                self.bank = open_bank(self.bank_dir, header, writable=True, create=True, reset=True)
+                self._bank_snapshot = None
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_local_main_process:
             self.bank = open_bank(self.bank_dir, header, writable=False, create=False)
         return self.bank
 
+    def _check_bank_is_node_local(self) -> None:
+        """Each node's local main writes its own copy: two nodes sharing one bank_dir would interleave writes."""
+        acc = self.accelerator
+        if acc.num_processes > 1:
+            token = broadcast_object_list([uuid.uuid4().hex if acc.is_main_process else None])[0]
+            marker = self.bank_dir / f".writer-{token}-{acc.process_index}"
+            if acc.is_local_main_process:
+                self.bank_dir.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+            acc.wait_for_everyone()
+            writers = len(list(self.bank_dir.glob(f".writer-{token}-*"))) if acc.is_local_main_process else 0
+            shared = acc.reduce(torch.tensor([int(writers > 1)], device=acc.device), reduction="sum").item()
+            marker.unlink(missing_ok=True)
+            if shared:
+                raise RuntimeError(
+                    f"bank_dir {self.bank_dir} is shared by several nodes; each node must keep its own copy on "
+                    "node-local disk (docs/bank.md): set SCLConfig.bank_dir to a local path such as /tmp/scl_bank."
+                )
+
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         if self.raw_train_dataset is None:
             raise ValueError("SCLTrainer.train() needs a train_dataset")
-        self.setup_bank()
-        if self.loss_state is not None and resume_from_checkpoint:
-            if resume_from_checkpoint is True:  # resolved here: the loss state must come from the same checkpoint
-                resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-                if resume_from_checkpoint is None:
-                    raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
-            self._restore_loss_state(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
-
-    def _save_checkpoint(self, model, trial):
+        if resume_from_checkpoint is True:  # resolved here too: the bank must come from the same checkpoint
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+        self.setup_bank(resume_from_checkpoint or None)
+        result = super().train(resume_from_checkpoint or None, trial, ignore_keys_for_eval, **kwargs)
         if self.bank is not None and self.bank.writable:
             self.bank.mark(self.state.epoch or 0.0, self.state.global_step)
-        if self.loss_state is not None and self.args.should_save:
-            from safetensors.torch import save_file
+        return result
 
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            os.makedirs(folder, exist_ok=True)
-            tensors = {k: v.detach().contiguous().cpu() for k, v in self.loss_state.state_dict().items()}
-            save_file(tensors, os.path.join(folder, LOSS_STATE_FILE))
+    def _save_checkpoint(self, model, trial):
+        """The bank goes into checkpoint-N/scl_bank, so rotation keeps or deletes it with its checkpoint."""
+        if self.bank is not None and self.bank.writable:
+            self.bank.mark(self.state.epoch or 0.0, self.state.global_step)
+            if self.args.should_save:
+                folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+                self._bank_snapshot = save_snapshot(self.bank, folder, self._bank_snapshot)
         return super()._save_checkpoint(model, trial)
 
     # ------------------------------------------------------------------ loss
@@ -240,11 +213,7 @@ class SCLTrainer(Trainer):
         logits = outputs.logits.float()
         targets = observed_one_hot(inputs["label"], self.num_labels)
         indices = inputs["index"]
-        context = LossContext(
-            epoch=self.state.epoch or 0.0, num_classes=self.num_labels, indices=indices, state=self.loss_state,
-            full_labels=inputs.get("full_labels"),  # present for method="full" only (TrainViews)
-            options={**self.loss_options, "num_epochs": self.state.num_train_epochs or self.args.num_train_epochs},
-        )
+        context = LossContext(epoch=self.state.epoch or 0.0, num_classes=self.num_labels, indices=indices)
         active = self.consistency_active()
         terms: dict[str, torch.Tensor] = {}
 
@@ -281,18 +250,29 @@ class SCLTrainer(Trainer):
 
         if map_targets is not None:
             terms["loss_scl"] = spatial_consistency_loss(class_maps, map_targets, cell_weights, self.args.spatial_loss)
+            if self.accelerator.num_processes > 1:
+                terms["loss_scl"] = terms["loss_scl"] * self._global_weight_share(cell_weights)
             loss = loss + self.consistency_ramp() * self.args.spatial_weight * terms["loss_scl"]
 
         if self.bank is not None and self.bank_recording():
-            self.update_bank(indices, inputs["boxes"], inputs["flips"], logits, class_maps)
+            self.update_bank(indices, inputs["boxes"], inputs["flips"], logits, class_maps, inputs["label"])
         for name, value in terms.items():
             self._loss_terms[name].append(value.detach())
         return (loss, outputs) if return_outputs else loss
 
+    def _global_weight_share(self, weights: torch.Tensor) -> torch.Tensor:
+        """P·Σw_local / Σw_all: turns this process's weighted mean into its share of the weighted mean over the
+        global batch, so that DDP's gradient average equals one process training on the whole batch."""
+        local = weights.sum().detach()
+        total = self.accelerator.reduce(local.clone(), reduction="sum")
+        return local * self.accelerator.num_processes / total.clamp_min(1e-6)
+
     @torch.no_grad()
-    def update_bank(self, indices, boxes, flips, logits, class_maps) -> None:
+    def update_bank(self, indices, boxes, flips, logits, class_maps, labels=None) -> None:
         """Gather this step's rows from every process, keep each image once, write on the local main."""
         payload = {"indices": indices, "probs": torch.sigmoid(logits), "boxes": boxes, "flips": flips.to(torch.uint8)}
+        if labels is not None:
+            payload["labels"] = labels
         if class_maps is not None:
             payload["maps"] = torch.sigmoid(class_maps).half()
         if self.accelerator.num_processes > 1:
@@ -303,8 +283,7 @@ class SCLTrainer(Trainer):
             self.bank.update(
                 rows["indices"], rows["probs"], self.args.momentum,
                 boxes=rows["boxes"], flips=rows["flips"].bool(),
-                map_probs=rows["maps"].float() if "maps" in rows else None,
-                heatmap_momentum=self.args.heatmap_momentum,
+                map_probs=rows.get("maps"), heatmap_momentum=self.args.heatmap_momentum, labels=rows.get("labels"),
             )
         if self.accelerator.num_processes > 1:
             self.accelerator.wait_for_everyone()  # the next step's reads must see this step's writes
@@ -371,15 +350,3 @@ class SCLTrainer(Trainer):
         if self.args.hub_strategy != "end":
             self.push_to_hub(commit_message=f"Training in progress, step {self.state.global_step}")
 
-
-def check_free_space(folder: Path, header: BankHeader) -> None:
-    """Fail before training when the bank cannot fit, with the figures."""
-    needed = bank_nbytes(header.num_rows, header.num_classes, header.size, header.with_heatmaps)
-    folder.mkdir(parents=True, exist_ok=True)
-    existing = sum(f.stat().st_size for f in folder.glob("*.npy"))
-    free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize + existing
-    if needed > free:
-        raise OSError(
-            f"the bank needs {needed / 1e9:.2f} GB in {folder} but only {free / 1e9:.2f} GB are free. Point "
-            "SCLConfig.bank_dir at a larger node-local disk, lower bank_size, or use a sparse layout."
-        )
