@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import uuid
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from .bank import BankHeader, SCLBank, check_free_space, first_occurrence, open_bank
 from .bank_snapshot import Snapshot, restore_snapshot, save_snapshot
+from .baselines import options_from_config
 from .config import SCLConfig
 from .losses import (
     BASE_LOSSES,
@@ -48,6 +50,21 @@ class _EpochSync(TrainerCallback):
         # state.epoch is e + j/steps_in_epoch with j < steps_in_epoch mid-epoch (a resume) and exactly e at a
         # boundary, so floor is exact; a "+ 1e-6" would round e + (n-1)/n up for epochs of over 10^6 steps
         self.epoch_ref.fill_(math.floor(state.epoch or 0.0))
+
+
+class _LossStateGrads(TrainerCallback):
+    """Trainer zeroes only the model's gradients after a step: a loss state's parameters (ROLE) need it too."""
+
+    def __init__(self, trainer: SCLTrainer):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self.trainer.loss_state is not None:
+            self.trainer.loss_state.zero_grad(set_to_none=True)
+
+
+LOSS_STATE_FILE = "scl_loss_state.safetensors"
+FULL_LABELS_WARNING = "method='full' trains on the full labels: an upper bound, not single-positive learning"
 
 
 def dataset_fingerprint(dataset) -> str:
@@ -80,8 +97,11 @@ class SCLTrainer(Trainer):
         if train_dataset is not None:
             check_label_range(train_dataset[args.label_column] if args.label_column in train_dataset.column_names
                               else [], self.num_labels, args.label_column, "training")
+            full_labels_column = args.labels_column if self.method.needs_full_labels else None  # "full" only
+            if full_labels_column is not None:
+                warnings.warn(FULL_LABELS_WARNING, UserWarning, stacklevel=2)
             train_dataset = TrainViews(train_dataset, self.train_transform, self.epoch_ref, args.image_column,
-                                       args.label_column)
+                                       args.label_column, full_labels_column, self.num_labels)
         eval_dataset = self._eval_views(eval_dataset, args)
         if compute_metrics is None:
             compute_metrics = make_compute_metrics(
@@ -90,13 +110,52 @@ class SCLTrainer(Trainer):
         super().__init__(
             model=model, args=args, data_collator=stack_batch, train_dataset=train_dataset,
             eval_dataset=eval_dataset, processing_class=processing_class, compute_metrics=compute_metrics,
-            callbacks=[_EpochSync(self.epoch_ref), *(callbacks or [])], **kwargs,
+            callbacks=[_EpochSync(self.epoch_ref), _LossStateGrads(self), *(callbacks or [])], **kwargs,
         )
         self.model_accepts_loss_kwargs = False  # our loss is a mean per batch: let Trainer scale it for accumulation
         self.map_hook = attach_class_maps(self.model) if self.method.needs_heatmaps else None
         self.bank: SCLBank | None = None
         self._bank_snapshot: Snapshot | None = None
         self._loss_terms: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self.loss_options = options_from_config(args)
+        self.loss_state = self._make_loss_state()
+
+    # ------------------------------------------------------------------ per-image state of a base loss (baselines.py)
+    def _make_loss_state(self) -> torch.nn.Module | None:
+        """ROLE's estimates, LL-Cp's corrections, EM-APL's pseudo-negatives: N rows, kept out of the model."""
+        make_state = self.method.info.make_state
+        if make_state is None or self.raw_train_dataset is None:
+            return None
+        labels = torch.as_tensor(self.raw_train_dataset[self.args.label_column], dtype=torch.long)
+        state = make_state(labels, self.num_labels, self.loss_options).to(self.args.device)
+        if self.accelerator.num_processes > 1:  # identical copies on every process, as the bank
+            state.gather = self.accelerator.gather
+            for parameter in state.parameters():
+                parameter.register_hook(lambda grad: self.accelerator.reduce(grad, reduction="mean"))
+        return state
+
+    def create_optimizer(self, model=None):
+        """The loss state's parameters train with the model, in their own group: lr × state.lr_multiplier."""
+        optimizer = super().create_optimizer(model)
+        params = list(self.loss_state.parameters()) if self.loss_state is not None else []
+        known = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if params and not any(id(p) in known for p in params):
+            lr = self.args.learning_rate * getattr(self.loss_state, "lr_multiplier", 1.0)
+            optimizer.add_param_group({"params": params, "lr": lr, "weight_decay": 0.0})
+        return optimizer
+
+    def _restore_loss_state(self, checkpoint: str) -> None:
+        from safetensors.torch import load_file
+
+        path = os.path.join(checkpoint, LOSS_STATE_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{checkpoint} has no {LOSS_STATE_FILE}: method {self.args.method!r} keeps "
+                                    "per-image state that a resumed run needs; resume from a checkpoint of this method")
+        saved = load_file(path, device=str(self.args.device))
+        mismatched = {k: tuple(v.shape) for k, v in saved.items() if v.shape != self.loss_state.state_dict()[k].shape}
+        if mismatched:
+            raise ValueError(f"{path} holds state of another training set: shapes {mismatched}")
+        self.loss_state.load_state_dict(saved)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """As Trainer.evaluate; a plain `datasets.Dataset` (image + labels) is accepted and wrapped too."""
@@ -176,6 +235,8 @@ class SCLTrainer(Trainer):
             if resume_from_checkpoint is None:
                 raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
         self.setup_bank(resume_from_checkpoint or None)
+        if self.loss_state is not None and resume_from_checkpoint:
+            self._restore_loss_state(resume_from_checkpoint)
         result = super().train(resume_from_checkpoint or None, trial, ignore_keys_for_eval, **kwargs)
         if self.bank is not None and self.bank.writable:
             self.bank.mark(self.state.epoch or 0.0, self.state.global_step)
@@ -188,6 +249,13 @@ class SCLTrainer(Trainer):
             if self.args.should_save:
                 folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
                 self._bank_snapshot = save_snapshot(self.bank, folder, self._bank_snapshot)
+        if self.loss_state is not None and self.args.should_save:
+            from safetensors.torch import save_file
+
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
+            tensors = {k: v.detach().contiguous().cpu() for k, v in self.loss_state.state_dict().items()}
+            save_file(tensors, os.path.join(folder, LOSS_STATE_FILE))
         return super()._save_checkpoint(model, trial)
 
     # ------------------------------------------------------------------ loss
@@ -213,7 +281,11 @@ class SCLTrainer(Trainer):
         logits = outputs.logits.float()
         targets = observed_one_hot(inputs["label"], self.num_labels)
         indices = inputs["index"]
-        context = LossContext(epoch=self.state.epoch or 0.0, num_classes=self.num_labels, indices=indices)
+        context = LossContext(
+            epoch=self.state.epoch or 0.0, num_classes=self.num_labels, indices=indices, state=self.loss_state,
+            full_labels=inputs.get("full_labels"),  # present for method="full" only (TrainViews)
+            options={**self.loss_options, "num_epochs": self.state.num_train_epochs or self.args.num_train_epochs},
+        )
         active = self.consistency_active()
         terms: dict[str, torch.Tensor] = {}
 
