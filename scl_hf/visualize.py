@@ -13,6 +13,16 @@ import numpy as np  # noqa: E402
 from .bank import read_header  # noqa: E402
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Tight layout, parent folders made, figure closed (long runs draw many)."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_bank_heatmaps(
     bank_dir: str | Path,
     dataset,
@@ -58,12 +68,7 @@ def plot_bank_heatmaps(
         for ax in line:
             ax.axis("off")
     fig.suptitle("stored heatmaps (running averages); * = the one observed label", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_map_curves(histories: dict[str, list[dict]], path: str | Path, metric: str = "eval_mAP") -> Path:
@@ -77,9 +82,4 @@ def plot_map_curves(histories: dict[str, list[dict]], path: str | Path, metric: 
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
