@@ -62,6 +62,9 @@ class SCLConfig(TrainingArguments):
         metadata={"help": "With 'scl': leave out of the base loss the unobserved classes whose peak stored heat "
                   "inside the crop reaches this value (an unlabelled object in view). None: off."},
     )
+    spatial_target_temperature: float = field(
+        default=1.0, metadata={"help": "Sharpen the stored heatmaps before they become targets (T < 1 sharpens)."}
+    )
     spatial_loss: str = field(default="bce", metadata={"help": "Per-cell loss of 'scl': 'bce' or 'mse'."})
     bank_size: int = field(
         default=14,

@@ -120,6 +120,15 @@ def expected_negatives_ignore(targets: torch.Tensor, running_probs: torch.Tensor
     return (targets < 0.5) & (running_probs >= threshold)
 
 
+def sharpen(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """p^(1/T) / (p^(1/T) + (1−p)^(1/T)): averaged targets are less confident than the model; T < 1 undoes it."""
+    if temperature == 1.0:
+        return probs
+    p = probs.clamp(1e-6, 1 - 1e-6) ** (1.0 / temperature)
+    q = (1 - probs).clamp(1e-6, 1 - 1e-6) ** (1.0 / temperature)
+    return p / (p + q)
+
+
 def spatial_consistency_loss(
     class_maps: torch.Tensor, map_targets: torch.Tensor, cell_weights: torch.Tensor, form: str = "bce"
 ) -> torch.Tensor:

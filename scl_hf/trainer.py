@@ -32,6 +32,7 @@ from .losses import (
     crop_corrected_weights,
     expected_negatives_ignore,
     observed_one_hot,
+    sharpen,
     spatial_consistency_loss,
 )
 from .metrics import make_compute_metrics
@@ -321,7 +322,10 @@ class SCLTrainer(Trainer):
             loss = loss + self.consistency_ramp() * self.args.consistency_weight * terms["loss_cl"]
 
         if map_targets is not None:
-            terms["loss_scl"] = spatial_consistency_loss(class_maps, map_targets, cell_weights, self.args.spatial_loss)
+            terms["loss_scl"] = spatial_consistency_loss(
+                class_maps, sharpen(map_targets, self.args.spatial_target_temperature), cell_weights,
+                self.args.spatial_loss,
+            )
             if self.accelerator.num_processes > 1:
                 terms["loss_scl"] = terms["loss_scl"] * self._global_weight_share(cell_weights)
             loss = loss + self.consistency_ramp() * self.args.spatial_weight * terms["loss_scl"]
