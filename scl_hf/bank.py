@@ -33,6 +33,7 @@ from .geometry import paste_crop, spatial_targets
 BANK_FORMAT_VERSION = 1
 HEADER_NAME = "header.json"
 LAYOUTS = ("dense", "sparse")
+UPDATE_CHUNK = 64  # rows pasted at once: the float32 temporaries of 64 COCO rows (~4 MB each) stay in cache
 RECOVERY = (
     "Resume from the last checkpoint — trainer.train(resume_from_checkpoint=True) restores the bank from the "
     "copy every checkpoint carries — or delete {folder} to start the bank over (a fresh training run)."
@@ -174,13 +175,16 @@ class SCLBank:
         return torch.from_numpy(self.predictions[idx]), torch.from_numpy(self.seen[idx].astype(np.int64))
 
     def read_spatial(
-        self, indices: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, out_size: tuple[int, int]
+        self, indices: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, out_size: tuple[int, int],
+        device: torch.device | str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stored heatmaps cut under each view's crop: targets (B, C, h, w) and weights (B, h, w)."""
+        """Stored heatmaps cut under each view's crop: targets (B, C, h, w) and weights (B, h, w), on `device`
+        (default: CPU) — the sparse layout builds its dense targets there."""
         idx = indices.cpu().numpy()
         heat = torch.from_numpy(_take_rows(self.heatmaps, idx))
         coverage = torch.from_numpy(_take_rows(self.coverage, idx))
-        return spatial_targets(heat, coverage, boxes.cpu(), flips.cpu(), out_size)
+        targets, weights = spatial_targets(heat, coverage, boxes.cpu(), flips.cpu(), out_size)
+        return (targets.to(device), weights.to(device)) if device is not None else (targets, weights)
 
     # ----------------------------------------------------------------- writing
     def update(
@@ -201,16 +205,17 @@ class SCLBank:
         idx = self._check_writable(indices)
         self._update_predictions(idx, probs, momentum)
         if map_probs is not None and self.heatmaps is not None:
-            rows, coverage = paste_crop(
-                torch.from_numpy(_take_rows(self.heatmaps, idx)),
-                torch.from_numpy(_take_rows(self.coverage, idx)),
-                map_probs.detach().cpu(),
-                boxes.cpu(),
-                flips.cpu(),
-                momentum if heatmap_momentum is None else heatmap_momentum,
-            )
-            self.heatmaps[idx] = rows.half().numpy()  # torch converts to fp16 ~20x faster than numpy
-            self.coverage[idx] = coverage.numpy()
+            maps, boxes, flips = map_probs.detach().cpu(), boxes.cpu(), flips.cpu()
+            for start in range(0, len(idx), UPDATE_CHUNK):  # cache-sized pieces: 128 rows at once cost 2.3x 64
+                part, rows_idx = slice(start, start + UPDATE_CHUNK), idx[start:start + UPDATE_CHUNK]
+                rows, coverage = paste_crop(
+                    torch.from_numpy(_take_rows(self.heatmaps, rows_idx)),
+                    torch.from_numpy(_take_rows(self.coverage, rows_idx)),
+                    maps[part], boxes[part], flips[part],
+                    momentum if heatmap_momentum is None else heatmap_momentum,
+                )
+                self.heatmaps[rows_idx] = rows.half().numpy()  # torch converts to fp16 ~20x faster than numpy
+                self.coverage[rows_idx] = coverage.numpy()
 
     def _check_writable(self, indices: torch.Tensor) -> np.ndarray:
         """Validate before touching anything, then mark the bank dirty (once per clean period)."""

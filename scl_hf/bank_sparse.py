@@ -35,17 +35,24 @@ class SparseSCLBank(SCLBank):
         self.slots = self.arrays["slots"]
 
     def read_spatial(
-        self, indices: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, out_size: tuple[int, int]
+        self, indices: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, out_size: tuple[int, int],
+        device: torch.device | str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Targets (B, C, h, w): cut slot maps at their classes, 0 elsewhere; weights (B, h, w) as dense."""
+        """Targets (B, C, h, w): cut slot maps at their classes, 0 elsewhere; weights (B, h, w) as dense.
+
+        The dense targets are made on `device` (default: CPU): filling B·C·h·w zeros costs ~17 ms of CPU for
+        64 ImageNet images at 14 × 14, almost nothing on a GPU, and only the K' slot maps cross the bus."""
         idx = indices.cpu().numpy()
         heat = torch.from_numpy(_take_rows(self.heatmaps, idx))
         coverage = torch.from_numpy(_take_rows(self.coverage, idx))
         slots = torch.from_numpy(_take_rows(self.slots, idx)).long()
         slot_targets, weights = spatial_targets(heat, coverage, boxes.cpu(), flips.cpu(), out_size)
-        targets = slot_targets.new_zeros((len(idx), self.header.num_classes, *slot_targets.shape[-2:]))
         row, slot = torch.nonzero(slots >= 0, as_tuple=True)
-        targets[row, slots[row, slot]] = slot_targets[row, slot]
+        values, classes = slot_targets[row, slot], slots[row, slot]
+        if device is not None:
+            row, classes, values, weights = (t.to(device) for t in (row, classes, values, weights))
+        targets = values.new_zeros((len(idx), self.header.num_classes, *slot_targets.shape[-2:]))
+        targets[row, classes] = values
         return targets, weights
 
     def update(

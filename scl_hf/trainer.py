@@ -294,9 +294,8 @@ class SCLTrainer(Trainer):
         if self.method.needs_heatmaps:
             class_maps = self.map_hook.pop_maps().float()
             if active:
-                map_targets, cell_weights = (
-                    t.to(class_maps.device)
-                    for t in self.bank.read_spatial(indices, inputs["boxes"], inputs["flips"], tuple(class_maps.shape[-2:]))
+                map_targets, cell_weights = self.bank.read_spatial(  # built on the maps' device (sparse layout)
+                    indices, inputs["boxes"], inputs["flips"], tuple(class_maps.shape[-2:]), device=class_maps.device
                 )
 
         running = seen = None

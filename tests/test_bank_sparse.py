@@ -46,7 +46,8 @@ def test_sparse_with_every_class_gives_the_dense_targets_and_losses(tmp_path):
         rows, probs, boxes, flips, maps = random_step(gen, 7)
         if step >= 2:  # read before writing, as the trainer does
             logits = torch.randn(len(rows), C, 3, 3, generator=gen)
-            read = [bank.read_spatial(rows, boxes, flips, (3, 3)) for bank in (dense, sparse)]
+            read = [bank.read_spatial(rows, boxes, flips, (3, 3), device=device)
+                    for bank, device in ((dense, None), (sparse, torch.device("cpu")))]
             torch.testing.assert_close(read[1][0], read[0][0], atol=1e-6, rtol=0)
             torch.testing.assert_close(read[1][1], read[0][1], atol=1e-6, rtol=0)
             losses = [spatial_consistency_loss(logits, target, weight) for target, weight in read]
