@@ -292,7 +292,10 @@ class SCLTrainer(Trainer):
 
         class_maps = map_targets = cell_weights = None
         if self.method.needs_heatmaps:
-            class_maps = self.map_hook.pop_maps().float()
+            # the head runs per location outside model.forward, which accelerate wraps in autocast: under the
+            # same autocast here, or bf16/fp16 features meet the fp32 head ("mat1 and mat2 must have the same dtype")
+            with self.accelerator.autocast():
+                class_maps = self.map_hook.pop_maps().float()
             if active:
                 map_targets, cell_weights = self.bank.read_spatial(  # built on the maps' device (sparse layout)
                     indices, inputs["boxes"], inputs["flips"], tuple(class_maps.shape[-2:]), device=class_maps.device
