@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/compare_methods.py                      # all methods × seeds 0 1 2 (hours on CPU)
     .venv/bin/python benchmarks/compare_methods.py --methods an ll-r scl --seeds 0
     .venv/bin/python benchmarks/compare_methods.py --tiny --methods an role --seeds 0   # smoke run (a minute)
+    .venv/bin/python benchmarks/compare_methods.py --jobs 2             # two runs at a time, the cores split
 
 Each (method, seed) run trains from scratch with scl_hf.recipes.run_method under SyntheticBudget's defaults
 (scl_hf/recipes.py: resnet18 from scratch on the 10-class synthetic set) and reports test mAP on the full labels.
@@ -17,9 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import platform
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work_dir", default="runs/compare_methods", help="training output folders (removed after each run)")
     parser.add_argument("--tiny", action="store_true", help="a seconds-per-run smoke budget; never mix with real results")
     parser.add_argument("--progress", action="store_true", help="show the Trainer's progress bars")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time, each in its own process with cores/jobs torch threads (results do not "
+                             "depend on it beyond float summation order)")
     return parser.parse_args(argv)
 
 
@@ -133,6 +140,17 @@ def write_outputs(runs: list[dict], stem: Path, meta: dict, methods: list[str]) 
     return table
 
 
+def train_one(method: str, seed: int, budget: SyntheticBudget, work_dir: str, quiet: bool) -> tuple[dict, float]:
+    """One (method, seed) run from scratch in its own folder, removed afterwards; picklable for --jobs."""
+    started = time.perf_counter()
+    work = Path(work_dir) / f"{method}-seed{seed}"
+    shutil.rmtree(work, ignore_errors=True)  # a folder left by an interrupted run holds a stale bank
+    run = run_method(method, seed, synthetic_data(budget, seed=seed), budget, work, quiet=quiet)
+    run.pop("trainer")
+    shutil.rmtree(work, ignore_errors=True)
+    return run, time.perf_counter() - started
+
+
 def main(argv=None) -> dict[str, dict]:
     args = parse_args(argv)
     budget = make_budget(args)
@@ -143,22 +161,26 @@ def main(argv=None) -> dict[str, dict]:
     done = {(r["method"], r["seed"]) for r in runs}
     meta = {"budget": budget_dict(budget), "machine": platform.platform(), "processor": platform.processor(),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
-    for seed in args.seeds:
-        todo = [m for m in args.methods if (m, seed) not in done]
-        if not todo:
-            continue
-        data = synthetic_data(budget, seed=seed)
-        for method in todo:
-            work = Path(args.work_dir) / f"{method}-seed{seed}"
-            started = time.perf_counter()
-            run = run_method(method, seed, data, budget, work, quiet=not args.progress)
-            run.pop("trainer")
-            runs.append(run)
-            shutil.rmtree(work, ignore_errors=True)
-            meta["written"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-            write_outputs(runs, stem, meta, args.methods)  # after every run: an interruption loses one run at most
-            print(f"seed {seed} {method:>11}: test mAP {run['mAP']:.2f}  ({time.perf_counter() - started:.0f} s)",
-                  flush=True)
+    todo = [(m, seed) for seed in args.seeds for m in args.methods if (m, seed) not in done]
+
+    def finished(run: dict, seconds: float) -> None:
+        runs.append(run)
+        meta["written"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        write_outputs(runs, stem, meta, args.methods)  # after every run: an interruption loses one run at most
+        print(f"seed {run['seed']} {run['method']:>11}: test mAP {run['mAP']:.2f}  ({seconds:.0f} s)", flush=True)
+
+    if args.jobs <= 1:
+        for method, seed in todo:
+            finished(*train_one(method, seed, budget, args.work_dir, not args.progress))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        meta["threads"] = threads
+        context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+        with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=torch.set_num_threads,
+                                 initargs=(threads,)) as pool:
+            futures = [pool.submit(train_one, m, s, budget, args.work_dir, True) for m, s in todo]
+            for future in as_completed(futures):
+                finished(*future.result())
     if not runs:
         raise SystemExit("nothing to report")
     meta["written"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -32,17 +32,19 @@ class SCLConfig(TrainingArguments):
     )
     spatial_weight: float = field(default=1.0, metadata={"help": "λ_s, weight of the spatial consistency term 'scl'."})
     momentum: float = field(
-        default=0.8,
+        default=0.5,
         metadata={"help": "EMA momentum m of the running averages: P̄ ← m·P̄ + (1−m)·σ(z). Each image is seen once per "
-                  "epoch, so m=0.8 averages over roughly the last five epochs."},
+                  "epoch, so m=0.5 averages over roughly the last two epochs (ablation: 0.8 lags a fast-improving "
+                  "model, docs/method.md)."},
     )
     heatmap_momentum: float | None = field(
         default=None, metadata={"help": "EMA momentum of the heatmaps (default: same as `momentum`)."}
     )
     warmup_epochs: float = field(
-        default=1.0,
-        metadata={"help": "Epochs of the base loss alone before the consistency terms start: the bank must first "
-                  "hold one real observation of every image."},
+        default=2.0,
+        metadata={"help": "Epochs of the base loss alone before the consistency terms start; the bank records from "
+                  "the last of them, so its first averages come from a network that has learnt something "
+                  "(ablation: 2 beats 1 and 3, docs/method.md)."},
     )
     consistency_rampup_epochs: float = field(
         default=0.0,
@@ -50,7 +52,10 @@ class SCLConfig(TrainingArguments):
                   "epochs (temporal-ensembling practice), so early averages do not freeze the model."},
     )
     expected_negative_threshold: float = field(
-        default=0.5, metadata={"help": "τ of 'en': unobserved classes with running average ≥ τ are not penalised."}
+        default=0.3,
+        metadata={"help": "τ of 'en': unobserved classes with running average ≥ τ are not penalised. Single-positive "
+                  "training keeps unlabelled objects' scores well below 0.5, so 0.5 leaves nearly every "
+                  "unobserved class a negative (ablation, docs/method.md)."},
     )
     crop_corrected_positive: bool = field(
         default=False,
@@ -58,14 +63,20 @@ class SCLConfig(TrainingArguments):
                   "inside the crop, so a crop that cut the labelled object out does not ask for a positive."},
     )
     crop_negative_threshold: float | None = field(
-        default=None,
+        default=0.3,
         metadata={"help": "With 'scl': leave out of the base loss the unobserved classes whose peak stored heat "
-                  "inside the crop reaches this value (an unlabelled object in view). None: off."},
+                  "inside the crop reaches this value (an unlabelled object in view): the spatial form of "
+                  "expected negatives. 0 or None: off, every unobserved class stays a negative (ablation: 0.3 best of "
+                  "0.1–0.4, docs/method.md)."},
     )
     spatial_target_temperature: float = field(
         default=1.0, metadata={"help": "Sharpen the stored heatmaps before they become targets (T < 1 sharpens)."}
     )
-    spatial_loss: str = field(default="bce", metadata={"help": "Per-cell loss of 'scl': 'bce' or 'mse'."})
+    spatial_loss: str = field(
+        default="mse",
+        metadata={"help": "Per-cell loss of 'scl': 'mse' (squared error of σ(F); its gradient fades on confident "
+                  "cells) or 'bce' (pulls confident cells back towards the softer averages; ablation)."},
+    )
     bank_size: int = field(
         default=14,
         metadata={"help": "S, side of the heatmap bank grid over the original image (14 = ResNet-50's grid at 448 px)."},

@@ -310,7 +310,7 @@ class SCLTrainer(Trainer):
                 ignore &= (seen > 0)[:, None]
         if map_targets is not None and (self.args.crop_corrected_positive or self.args.crop_negative_threshold):
             positive_weights, crop_ignore = crop_corrected_weights(
-                targets, map_targets, cell_weights, self.args.crop_negative_threshold
+                targets, map_targets, cell_weights, self.args.crop_negative_threshold or None  # 0: off
             )
             if self.args.crop_corrected_positive:
                 context.element_weights = positive_weights

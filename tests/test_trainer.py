@@ -131,3 +131,30 @@ def test_evaluate_reports_map_and_per_class_ap(tiny_synthetic, tmp_path):
     assert trainer.evaluate(eval_dataset=tiny_synthetic["test"])["eval_mAP"] == metrics["eval_mAP"]  # plain Dataset
     per_class = [metrics[f"eval_AP/{name}"] for name in names]
     assert metrics["eval_mAP"] == pytest.approx(np.mean(per_class))
+
+
+@pytest.mark.parametrize("threshold", [0.3, None])
+def test_spatial_negatives_leave_unlabelled_objects_in_view_out_of_the_base_loss(tiny_synthetic, tmp_path, threshold):
+    """crop_negative_threshold θ: an unobserved class whose stored heat inside the crop reaches θ is not a negative
+    of the base loss (the default 'scl'); with θ off every unobserved class is one. Checked against a hand mask."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_labels=5)
+    args = make_args(tmp_path / str(threshold), method="scl", warmup_epochs=0, crop_negative_threshold=threshold)
+    trainer = SCLTrainer(model=model, args=args, train_dataset=tiny_synthetic["train"])
+    bank = trainer.setup_bank()
+    heat = np.full(bank.heatmaps.shape, 0.1, np.float16)
+    heat[:, 2] = 0.9  # class 2: an object in view wherever the crop falls; the others stay below θ
+    bank.heatmaps[:] = heat
+    bank.coverage[:] = 1
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.compute_loss(trainer.model, batch)
+    with torch.no_grad():
+        logits = trainer.model(pixel_values=batch["pixel_values"]).logits.float()
+    targets = torch.nn.functional.one_hot(batch["label"].long(), 5).float()
+    per_entry = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    keep = torch.ones_like(targets, dtype=torch.bool)
+    keep[:, 2] = batch["label"] == 2  # class 2 stays only where it is the observed positive
+    masked, everything = per_entry[keep].mean(), per_entry.mean()
+    assert not torch.isclose(masked, everything, rtol=1e-3)  # the two expectations differ: the test can fail
+    expected = masked if threshold is not None else everything
+    torch.testing.assert_close(trainer._loss_terms["loss_base"][-1], expected, rtol=1e-4, atol=1e-5)
