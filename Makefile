@@ -17,7 +17,11 @@ test: $(VENV)/.installed  ## lint, then the whole test suite (CPU)
 	$(VENV)/bin/ruff check scl_hf examples benchmarks tests
 	$(PY) -m pytest -q -p no:cacheprovider
 
-bench: $(VENV)/.installed  ## the benchmark table of the README (minutes to an hour on CPU)
-	$(PY) benchmarks/compare_methods.py
+bench: $(VENV)/.installed  ## every table of the README's Benchmarks section (about 1.5 hours on 2 CPU cores)
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/bank_prototypes.py
 	$(PY) benchmarks/metric_speed.py
+	$(PY) benchmarks/loader_throughput.py
+	$(PY) benchmarks/bank_io.py
+	$(PY) benchmarks/coco_build.py
+	$(PY) benchmarks/compare_methods.py --jobs 2

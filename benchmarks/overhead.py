@@ -28,8 +28,7 @@ On CUDA the ratio steps synchronise only at step boundaries (so the overlap of h
 device work is what it is in training); the phase split then comes from separate steps with a
 synchronisation around every phase (which removes overlap, so those phases add up to more than a step).
 
-Also measured (CPU): prototypes of cheaper bank read/update paths — what benchmarks the changes we
-recommend for scl_hf/bank.py and scl_hf/geometry.py, timed alternately against the current code.
+Cheaper bank read/update paths are timed against the current code in benchmarks/bank_prototypes.py.
 
 Run:  .venv/bin/python benchmarks/overhead.py                        # CPU settings of the issue (+ small)
       .venv/bin/python benchmarks/overhead.py --settings gpu         # on a machine with a GPU
@@ -65,9 +64,7 @@ NOTES = """Notes.
   the phase split comes from extra steps synchronised around every phase.
 - The GPU setting (resnet50, 448 px, batch 64, bf16 autocast) runs only where CUDA is available; where the
   table says "not measured", it was not.
-- Prototype rows time code written in this benchmark (not in scl_hf) against the current bank code, on the same
-  inputs, alternately; *min* is the least disturbed run, the fairest comparison of intrinsic cost on a loaded
-  machine, where 2-thread torch ops are sometimes descheduled for a whole time slice (the medians' outliers)."""
+- Cheaper bank read/update variants: benchmarks/bank_prototypes.py (results/bank_prototypes.md)."""
 PHASES = ("forward", "class_maps", "bank_read", "bank_update", "loss", "backward", "optimizer", "other")
 
 
@@ -436,162 +433,6 @@ def run_setting(setting: Setting, workdir: Path, log: Callable[[str], None]) -> 
     return result
 
 
-# ----------------------------------------------------------------------------- prototypes for bank.py/geometry.py
-def bank_prototypes(setting: Setting, workdir: Path, repeats: int, log: Callable[[str], None]) -> dict:
-    """Time the current bank read/update against cheaper variants, alternately, on identical inputs.
-
-    The variants are written here, not in scl_hf (another developer owns bank.py and geometry.py now);
-    each is checked against the current code before it is timed. Also timed: the bare memmap gather and
-    scatter of the rows — the host-side floor that remains if RoIAlign and the paste-back ran on the device.
-    """
-    from torchvision.ops import roi_align
-
-    from scl_hf import geometry
-    from scl_hf.bank import BankHeader, SCLBank, first_occurrence
-    from scl_hf.transforms import sample_crop_box
-
-    n, c, s, b = setting.bank_rows, setting.num_classes, setting.bank_size, setting.batch_size
-    grid = setting.image_size // 32
-    bank = SCLBank.create(workdir / "proto_bank", BankHeader(n, c, s, True, "proto", "proto"))
-    fill_bank(bank)
-
-    def make_inputs(seed: int) -> tuple[torch.Tensor, ...]:
-        local = np.random.default_rng(seed)
-        idx = torch.from_numpy(local.choice(n, b, replace=False))
-        boxes = [sample_crop_box(local, 640, 480) for _ in range(b)]
-        return (
-            idx,
-            torch.stack([x.as_tensor() for x in boxes]),
-            torch.tensor([x.flip for x in boxes]),
-            torch.rand(b, c),
-            torch.randn(b, c, grid, grid),
-        )
-
-    # --- read variants
-    def read_current(idx, boxes, flips, *_):
-        return bank.read_spatial(idx, boxes, flips, (grid, grid))
-
-    def read_lean(idx, boxes, flips, *_):
-        """Plain fancy indexing (no argsort round trip: rows of a page-cached memmap have no locality to win),
-        and one fp32 buffer filled in place instead of heat.float() * observed then torch.cat. heat·observed
-        == heat in a dense bank: it is zero-filled and paste_crop only writes cells it also marks covered."""
-        i = idx.numpy()
-        stacked = torch.empty(b, c + 1, s, s)
-        stacked[:, :c] = torch.from_numpy(bank.heatmaps[i])
-        stacked[:, c] = torch.from_numpy(bank.coverage[i] > 0)
-        scale = torch.tensor([s, s, s, s], dtype=torch.float32)
-        rois = torch.cat([torch.arange(b, dtype=torch.float32)[:, None], boxes.float() * scale], 1)
-        cut = roi_align(
-            stacked,
-            rois,
-            output_size=(grid, grid),
-            spatial_scale=1.0,
-            sampling_ratio=geometry.ROI_SAMPLING_RATIO,
-            aligned=True,
-        )
-        cut = torch.where(flips.view(-1, 1, 1, 1).bool(), cut.flip(-1), cut)
-        summed, weight = cut[:, :-1], cut[:, -1:]
-        return (summed / weight.clamp_min(1e-6)).clamp(0.0, 1.0), weight[:, 0]
-
-    # --- update variants
-    def update_current(idx, boxes, flips, probs, maps):
-        """What SCLTrainer.update_bank + SCLBank.update do in one process."""
-        payload_maps = torch.sigmoid(maps).half()
-        keep = first_occurrence(idx)
-        bank.update(
-            idx[keep],
-            probs[keep],
-            0.8,
-            boxes=boxes[keep],
-            flips=flips[keep].bool(),
-            map_probs=payload_maps[keep],
-            heatmap_momentum=0.8,
-        )
-
-    def update_lean(idx, boxes, flips, probs, maps, rows=None):
-        """One process: no de-dup pass (one sampler: unique rows), fp32 maps (no fp16 round trip), no argsort,
-        the rows of this step's read reused when given, fp16 conversion by torch instead of numpy astype."""
-        i = idx.numpy()
-        heat = torch.from_numpy(bank.heatmaps[i]) if rows is None else rows[0]
-        coverage = torch.from_numpy(bank.coverage[i]) if rows is None else rows[1]
-        new_rows, new_cov = geometry.paste_crop(heat, coverage, torch.sigmoid(maps), boxes, flips, 0.8)
-        bank.heatmaps[i] = new_rows.half().numpy()
-        bank.coverage[i] = new_cov.numpy()
-        bank._update_predictions(i, probs, 0.8)
-
-    def read_update_current(*a):
-        read_current(*a)
-        update_current(*a)
-
-    def read_update_lean(*a):
-        i = a[0].numpy()
-        rows = torch.from_numpy(bank.heatmaps[i]), torch.from_numpy(bank.coverage[i])
-        read_lean(*a)  # (reads the rows again; a shared-rows API would save that too)
-        update_lean(*a, rows=rows)
-
-    def gather_only(idx, *_):
-        i = idx.numpy()
-        return bank.heatmaps[i], bank.coverage[i], bank.predictions[i]
-
-    def scatter_only(idx, *_):
-        i = idx.numpy()
-        bank.heatmaps[i] = bank.heatmaps[i]
-        bank.coverage[i] = bank.coverage[i]
-
-    # correctness of the prototypes against the current code, on identical state
-    check = make_inputs(0)
-    t_cur, w_cur = read_current(*check)
-    t_new, w_new = read_lean(*check)
-    torch.testing.assert_close(t_new, t_cur, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(w_new, w_cur)
-    i = check[0].numpy()
-    saved = [
-        bank.heatmaps[i].copy(),
-        bank.coverage[i].copy(),
-        bank.predictions[i].copy(),
-        bank.seen[i].copy(),
-    ]
-    update_current(*check)
-    after_current = bank.heatmaps[i].astype(np.float32)
-    bank.heatmaps[i], bank.coverage[i], bank.predictions[i], bank.seen[i] = saved
-    update_lean(*check)
-    # the current code rounds the maps to fp16 before blending, the lean one only the result
-    max_diff = float(np.abs(bank.heatmaps[i].astype(np.float32) - after_current).max())
-
-    variants: dict[str, Callable[..., object]] = {
-        "read: current (argsort gather, heat*observed, cat, RoIAlign)": read_current,
-        "read: lean (plain gather, one fp32 buffer, RoIAlign)": read_lean,
-        "update: current (de-dup, fp16 maps, argsort gather, paste, numpy astype, scatter)": update_current,
-        "update: lean (no de-dup, fp32 maps, plain gather, paste, torch .half(), scatter)": update_lean,
-        "read+update: current": read_update_current,
-        "read+update: lean, rows gathered once": read_update_lean,
-        "floor: memmap gather of the rows only": gather_only,
-        "floor: memmap scatter of the rows only": scatter_only,
-    }
-    inputs = [make_inputs(1000 + r) for r in range(repeats + 3)]
-    for r in range(3):  # warm-up: page cache, allocator, first-call costs
-        for fn in variants.values():
-            fn(*inputs[r])
-    timings: dict[str, list[float]] = {name: [] for name in variants}
-    for r in range(repeats):
-        for name in list(variants) if r % 2 == 0 else list(reversed(variants)):
-            start = time.perf_counter()
-            variants[name](*inputs[3 + r])
-            timings[name].append(time.perf_counter() - start)
-    summary = {name: {**summarise(v), "median_ms": statistics.median(v) * 1e3} for name, v in timings.items()}
-    log("  bank prototypes: " + "; ".join(f"{k} {v['median_ms']:.2f} ms" for k, v in summary.items()))
-    return {
-        "batch": b,
-        "classes": c,
-        "bank_size": s,
-        "grid": grid,
-        "rows": n,
-        "repeats": repeats,
-        "lean_update_max_abs_diff_vs_current": max_diff,
-        "milliseconds": summary,
-    }
-
-
 # ----------------------------------------------------------------------------- report
 def markdown_report(report: dict) -> str:
     machine = report["machine"]
@@ -644,27 +485,6 @@ def markdown_report(report: dict) -> str:
                 + " | ".join(f"{ph[name] * 1e3:.1f}" for name in PHASES)
                 + f" | {step * 1e3:.1f} |"
             )
-    proto = report.get("bank_prototypes")
-    if proto:
-        lines += [
-            "",
-            f"## Bank read/update prototypes (CPU, batch {proto['batch']}, {proto['classes']} classes, "
-            f"bank {proto['bank_size']}×{proto['bank_size']}, class-map grid {proto['grid']}×{proto['grid']}, "
-            f"{proto['rows']} rows, {proto['repeats']} alternated repeats)",
-            "",
-            "| variant | median ms | IQR ms | min ms |",
-            "|---|---:|---:|---:|",
-        ]
-        for name, v in proto["milliseconds"].items():
-            lines.append(
-                f"| {name} | {v['median_ms']:.2f} | {(v['q3'] - v['q1']) * 1e3:.2f} | {v['min'] * 1e3:.2f} |"
-            )
-        lines += [
-            "",
-            f"Lean update vs current, max |Δ| of the stored fp16 heatmaps: "
-            f"{proto['lean_update_max_abs_diff_vs_current']:.2e} (the current code rounds maps to fp16 "
-            "before blending).",
-        ]
     lines += ["", NOTES, ""]
     return "\n".join(lines)
 
@@ -680,7 +500,6 @@ def main() -> None:
     parser.add_argument(
         "--methods", default="scl", help="methods compared with 'an', comma-separated (e.g. scl,cl+scl)"
     )
-    parser.add_argument("--prototype-repeats", type=int, default=60, help="0 skips the bank prototypes")
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--output-name", default="overhead")
     args = parser.parse_args()
@@ -711,10 +530,6 @@ def main() -> None:
             report["settings"][key] = run_setting(setting, Path(tmp) / key, log)
             for method, ratio in report["settings"][key]["ratios"].items():
                 log(f"  {method}/an median {ratio['median']:.3f} (IQR {ratio['q1']:.3f}–{ratio['q3']:.3f})")
-        if args.prototype_repeats:
-            report["bank_prototypes"] = bank_prototypes(
-                SETTINGS["cpu"], Path(tmp), args.prototype_repeats, log
-            )
     report["load_average_end"] = load_average()
     report["command"] = " ".join([Path(sys.executable).name, *sys.argv])
     args.output_dir.mkdir(parents=True, exist_ok=True)

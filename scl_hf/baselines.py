@@ -130,7 +130,7 @@ def expected_positive_regularization(logits, targets, ctx: LossContext, ignore=N
     return reduce_entries(values, ctx, ignore) + penalty
 
 
-@register_base_loss("em")
+@register_base_loss("em", assumes_negatives=False)
 def entropy_maximization(logits, targets, ctx: LossContext, ignore=None) -> torch.Tensor:
     """EM: BCE on the observed positives; −α·H(σ(z)) on the unobserved entries (their entropy is maximised).
 
@@ -141,7 +141,7 @@ def entropy_maximization(logits, targets, ctx: LossContext, ignore=None) -> torc
     return reduce_entries(values, ctx, ignore)
 
 
-@register_base_loss("full", full_labels=True)
+@register_base_loss("full", full_labels=True, assumes_negatives=False)
 def full_label_bce(logits, targets, ctx: LossContext, ignore=None) -> torch.Tensor:
     """The upper bound: BCE against every true label (`ctx.full_labels`), as Cole et al.'s "full labels" row.
 
@@ -339,7 +339,7 @@ class PseudoNegatives(LossState):
         return chosen
 
 
-@register_base_loss("em-apl", make_state=PseudoNegatives)
+@register_base_loss("em-apl", make_state=PseudoNegatives, assumes_negatives=False)
 def entropy_maximization_asymmetric_pseudo_labels(logits, targets, ctx: LossContext, ignore=None) -> torch.Tensor:
     """EM + asymmetric pseudo-labelling: EM until `apl_warmup_epochs` epochs are done; then at the start of
     every epoch the entries each class predicts least likely become soft negatives, a share

@@ -46,20 +46,21 @@ class BaseLossInfo:
 
     make_state: StateFactory | None = None
     full_labels: bool = False
+    assumes_negatives: bool = True  # False: no negatives for the spatial expected-negative mask to leave out
 
 
 BASE_LOSS_INFO: dict[str, BaseLossInfo] = {}
 
 
 def register_base_loss(
-    name: str, make_state: StateFactory | None = None, full_labels: bool = False
+    name: str, make_state: StateFactory | None = None, full_labels: bool = False, assumes_negatives: bool = True
 ) -> Callable[[BaseLoss], BaseLoss]:
     """Register a base loss under `name` (the single registry of methods); stateful losses declare
     `make_state`, and only an upper bound may ask for `full_labels` (see baselines.py)."""
 
     def wrap(fn: BaseLoss) -> BaseLoss:
         BASE_LOSSES[name] = fn
-        BASE_LOSS_INFO[name] = BaseLossInfo(make_state, full_labels)
+        BASE_LOSS_INFO[name] = BaseLossInfo(make_state, full_labels, assumes_negatives)
         return fn
 
     return wrap

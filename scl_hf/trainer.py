@@ -314,7 +314,8 @@ class SCLTrainer(Trainer):
             )
             if self.args.crop_corrected_positive:
                 context.element_weights = positive_weights
-            ignore |= crop_ignore
+            if self.method.info.assumes_negatives:  # EM's unobserved entries are an entropy term, not negatives:
+                ignore |= crop_ignore  # leaving them out would leave only the positives (em-apl+scl collapsed)
         terms["loss_base"] = BASE_LOSSES[self.method.base](logits, targets, context, ignore if ignore.any() else None)
         loss = terms["loss_base"]
 

@@ -158,3 +158,26 @@ def test_spatial_negatives_leave_unlabelled_objects_in_view_out_of_the_base_loss
     assert not torch.isclose(masked, everything, rtol=1e-3)  # the two expectations differ: the test can fail
     expected = masked if threshold is not None else everything
     torch.testing.assert_close(trainer._loss_terms["loss_base"][-1], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_spatial_negative_mask_leaves_entropy_bases_alone(tiny_synthetic, tmp_path):
+    """EM has no negatives: with 'em+scl' the crop mask must not drop its unobserved (entropy) entries."""
+    from scl_hf.baselines import entropy_maximization
+    from scl_hf.losses import LossContext
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_labels=5)
+    args = make_args(tmp_path, method="em+scl", warmup_epochs=0, crop_negative_threshold=0.3)
+    trainer = SCLTrainer(model=model, args=args, train_dataset=tiny_synthetic["train"])
+    bank = trainer.setup_bank()
+    bank.heatmaps[:] = np.full(bank.heatmaps.shape, 0.9, np.float16)  # every class "in view": all would be masked
+    bank.coverage[:] = 1
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.compute_loss(trainer.model, batch)
+    with torch.no_grad():
+        logits = trainer.model(pixel_values=batch["pixel_values"]).logits.float()
+    targets = torch.nn.functional.one_hot(batch["label"].long(), 5).float()
+    expected = entropy_maximization(logits, targets, LossContext(options=trainer.loss_options))
+    masked = entropy_maximization(logits, targets, LossContext(options=trainer.loss_options), ignore=targets < 0.5)
+    assert not torch.isclose(expected, masked, rtol=1e-3)
+    torch.testing.assert_close(trainer._loss_terms["loss_base"][-1], expected, rtol=1e-4, atol=1e-5)
