@@ -317,6 +317,10 @@ class SCLTrainer(Trainer):
             if self.method.info.assumes_negatives:  # EM's unobserved entries are an entropy term, not negatives:
                 ignore |= crop_ignore  # leaving them out would leave only the positives (em-apl+scl collapsed)
         terms["loss_base"] = BASE_LOSSES[self.method.base](logits, targets, context, ignore if ignore.any() else None)
+        if self.accelerator.num_processes > 1 and active and (self.method.needs_predictions or map_targets is not None):
+            # masked entries differ per process: weight each process's mean by its share of the kept entries, so
+            # DDP's average is the mean over the global batch (as one process would compute it)
+            terms["loss_base"] = terms["loss_base"] * self._global_weight_share((~ignore).float())
         loss = terms["loss_base"]
 
         if "cl" in self.method.terms and active:
