@@ -181,3 +181,30 @@ def test_spatial_negative_mask_leaves_entropy_bases_alone(tiny_synthetic, tmp_pa
     masked = entropy_maximization(logits, targets, LossContext(options=trainer.loss_options), ignore=targets < 0.5)
     assert not torch.isclose(expected, masked, rtol=1e-3)
     torch.testing.assert_close(trainer._loss_terms["loss_base"][-1], expected, rtol=1e-4, atol=1e-5)
+
+
+def _base_loss_of_one_step(tiny_synthetic, tmp_path, method: str, threshold: float | None) -> torch.Tensor:
+    """loss_base of one step from fixed weights and a bank where every class is 'in view' (all would be masked)."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_labels=5)
+    args = make_args(tmp_path / f"{method}-{threshold}", method=method, warmup_epochs=0, crop_negative_threshold=threshold)
+    trainer = SCLTrainer(model=model, args=args, train_dataset=tiny_synthetic["train"])
+    bank = trainer.setup_bank()
+    bank.heatmaps[:] = np.full(bank.heatmaps.shape, 0.9, np.float16)
+    bank.coverage[:] = 1
+    trainer.compute_loss(trainer.model, next(iter(trainer.get_train_dataloader())))
+    return trainer._loss_terms["loss_base"][-1]
+
+
+@pytest.mark.parametrize(("method", "masked"), [("scl", True), ("wan+scl", True), ("role+scl", False),
+                                                ("epr+scl", False), ("em-apl+scl", False)])
+def test_spatial_negative_mask_only_for_bases_that_assume_negatives(tiny_synthetic, tmp_path, method, masked):
+    """The same step with the mask on (θ 0.3) and off: the base loss changes only where unobserved entries are
+    assumed negatives; ROLE's estimates, EPR's regulariser and EM's entropy terms stay whole."""
+    with_mask = _base_loss_of_one_step(tiny_synthetic, tmp_path, method, 0.3)
+    without_mask = _base_loss_of_one_step(tiny_synthetic, tmp_path, method, None)
+    assert torch.isfinite(with_mask)
+    if masked:
+        assert not torch.isclose(with_mask, without_mask, rtol=1e-3)
+    else:
+        torch.testing.assert_close(with_mask, without_mask, rtol=1e-6, atol=1e-7)
