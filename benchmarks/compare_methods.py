@@ -41,8 +41,9 @@ from scl_hf.recipes import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# Every base loss alone, the consistency terms on AN, and two compositions of a baseline with a consistency term.
-DEFAULT_METHODS = ["full", *sorted(n for n in BASE_LOSSES if n != "full"), "cl", "en", "scl", "ll-r+scl", "em-apl+scl"]
+# Every base loss alone, the consistency terms on AN, and compositions of baselines with a consistency term.
+DEFAULT_METHODS = ["full", *sorted(n for n in BASE_LOSSES if n != "full"), "cl", "en", "scl",
+                   "an-ls+scl", "wan+scl", "ll-r+scl", "em-apl+scl", "role+scl"]
 # The synthetic generator draws 1–4 objects per image uniformly: 2.5 positives per image on average. This is
 # the dataset statistic EPR and ROLE assume known (as Cole et al. take 2.9 for COCO), not read from any label.
 SYNTHETIC_OPTIONS = {"expected_positives": 2.5}
@@ -130,6 +131,8 @@ def write_outputs(runs: list[dict], stem: Path, meta: dict, methods: list[str]) 
         f"{budget['epochs']} epochs, batch {budget['batch_size']}, lr {budget['learning_rate']}, {budget['image_size']} px; "
         f"seeds {seeds}; options {budget['extra']}. Test mAP on the full labels (mean ± sample std over seeds).",
         "`full` trains on every true label: an upper bound, not single-positive learning.",
+        "s/step is each run's wall time per step with other runs sharing the cores (rows ran at different loads);"
+        " the cost of the terms is measured alternately in one process by benchmarks/overhead.py.",
         f"Written by benchmarks/compare_methods.py on {meta['machine']}, torch {meta['torch']}, {meta['written']}.",
         "",
         markdown_table(table, reference="an" if "an" in table else None),
@@ -158,6 +161,7 @@ def main(argv=None) -> dict[str, dict]:
         Path("runs/compare_methods_tiny/compare_methods") if args.tiny else RESULTS / "compare_methods")
     stem.parent.mkdir(parents=True, exist_ok=True)
     runs = load_previous(stem.with_suffix(".json"), budget_dict(budget))
+    row_order = list(dict.fromkeys([*DEFAULT_METHODS, *args.methods]))  # a partial rerun keeps the table's order
     done = {(r["method"], r["seed"]) for r in runs}
     meta = {"budget": budget_dict(budget), "machine": platform.platform(), "processor": platform.processor(),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -166,7 +170,7 @@ def main(argv=None) -> dict[str, dict]:
     def finished(run: dict, seconds: float) -> None:
         runs.append(run)
         meta["written"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-        write_outputs(runs, stem, meta, args.methods)  # after every run: an interruption loses one run at most
+        write_outputs(runs, stem, meta, row_order)  # after every run: an interruption loses one run at most
         print(f"seed {run['seed']} {run['method']:>11}: test mAP {run['mAP']:.2f}  ({seconds:.0f} s)", flush=True)
 
     if args.jobs <= 1:
@@ -184,7 +188,7 @@ def main(argv=None) -> dict[str, dict]:
     if not runs:
         raise SystemExit("nothing to report")
     meta["written"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    table = write_outputs(runs, stem, meta, args.methods)
+    table = write_outputs(runs, stem, meta, row_order)
     print("\n" + markdown_table(table, reference="an" if "an" in table else None))
     print(f"results: {stem.with_suffix('.json')}, {stem.with_suffix('.md')}, {stem.with_suffix('.png')}")
     return table

@@ -46,21 +46,24 @@ class BaseLossInfo:
 
     make_state: StateFactory | None = None
     full_labels: bool = False
-    assumes_negatives: bool = True  # False: no negatives for the spatial expected-negative mask to leave out
+    # '+scl' leaves unobserved classes seen in the crop out of this loss (crop_negative_threshold): right for losses
+    # that push unobserved classes hard to 0, harmful where they are soft targets or weak (see docs/method.md)
+    crop_negative_mask: bool = True
 
 
 BASE_LOSS_INFO: dict[str, BaseLossInfo] = {}
 
 
 def register_base_loss(
-    name: str, make_state: StateFactory | None = None, full_labels: bool = False, assumes_negatives: bool = True
+    name: str, make_state: StateFactory | None = None, full_labels: bool = False, crop_negative_mask: bool = True
 ) -> Callable[[BaseLoss], BaseLoss]:
     """Register a base loss under `name` (the single registry of methods); stateful losses declare
-    `make_state`, and only an upper bound may ask for `full_labels` (see baselines.py)."""
+    `make_state`, and only an upper bound may ask for `full_labels` (see baselines.py); a loss whose unobserved
+    classes are not hard negatives declares `crop_negative_mask=False`."""
 
     def wrap(fn: BaseLoss) -> BaseLoss:
         BASE_LOSSES[name] = fn
-        BASE_LOSS_INFO[name] = BaseLossInfo(make_state, full_labels, assumes_negatives)
+        BASE_LOSS_INFO[name] = BaseLossInfo(make_state, full_labels, crop_negative_mask)
         return fn
 
     return wrap

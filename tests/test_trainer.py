@@ -196,11 +196,12 @@ def _base_loss_of_one_step(tiny_synthetic, tmp_path, method: str, threshold: flo
     return trainer._loss_terms["loss_base"][-1]
 
 
-@pytest.mark.parametrize(("method", "masked"), [("scl", True), ("wan+scl", True), ("role+scl", False),
-                                                ("epr+scl", False), ("em-apl+scl", False)])
-def test_spatial_negative_mask_only_for_bases_that_assume_negatives(tiny_synthetic, tmp_path, method, masked):
+@pytest.mark.parametrize(("method", "masked"), [("scl", True), ("an-ls+scl", True), ("ll-r+scl", True),
+                                                ("wan+scl", False), ("role+scl", False), ("epr+scl", False),
+                                                ("em-apl+scl", False)])
+def test_spatial_negative_mask_only_for_bases_with_hard_negatives(tiny_synthetic, tmp_path, method, masked):
     """The same step with the mask on (θ 0.3) and off: the base loss changes only where unobserved entries are
-    assumed negatives; ROLE's estimates, EPR's regulariser and EM's entropy terms stay whole."""
+    hard negatives; WAN's weak negatives, ROLE's estimates, EPR's regulariser and EM's entropy stay whole."""
     with_mask = _base_loss_of_one_step(tiny_synthetic, tmp_path, method, 0.3)
     without_mask = _base_loss_of_one_step(tiny_synthetic, tmp_path, method, None)
     assert torch.isfinite(with_mask)
