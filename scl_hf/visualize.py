@@ -23,6 +23,24 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
+def stored_heatmaps(bank_dir: str | Path, row: int) -> np.ndarray:
+    """One image's stored heatmaps as a dense (C, S, S) float32 array, whatever the bank's layout.
+
+    Read straight from the files (no writer, no lock): safe beside a running trainer. In the sparse layout the
+    classes without a slot read 0, which is what the losses use for them too."""
+    header = read_header(bank_dir)
+    if not header.with_heatmaps:
+        raise ValueError(f"the bank in {bank_dir} holds no heatmaps (method without 'scl')")
+    heatmaps = np.load(Path(bank_dir) / "heatmaps.npy", mmap_mode="r")
+    if header.layout == "dense":
+        return heatmaps[row].astype(np.float32)
+    slots = np.load(Path(bank_dir) / "slots.npy", mmap_mode="r")[row]
+    dense = np.zeros((header.num_classes, header.size, header.size), dtype=np.float32)
+    held = slots >= 0
+    dense[slots[held]] = heatmaps[row][held]
+    return dense
+
+
 def plot_bank_heatmaps(
     bank_dir: str | Path,
     dataset,
@@ -40,9 +58,6 @@ def plot_bank_heatmaps(
     dataset has one (shown for inspection only), else the highest running-average predictions.
     """
     header = read_header(bank_dir)
-    if not header.with_heatmaps:
-        raise ValueError(f"the bank in {bank_dir} holds no heatmaps (method without 'scl')")
-    heatmaps = np.load(Path(bank_dir) / "heatmaps.npy", mmap_mode="r")
     predictions = np.load(Path(bank_dir) / "predictions.npy", mmap_mode="r")
     rows = rows if rows is not None else list(range(min(4, len(dataset))))
     names = class_names or [str(i) for i in range(header.num_classes)]
@@ -56,12 +71,13 @@ def plot_bank_heatmaps(
         else:
             others = [int(c) for c in np.argsort(-predictions[row]) if c != observed]
         classes = [observed, *others][:max_classes]
+        heatmaps = stored_heatmaps(bank_dir, int(row))
         image = item[image_column].convert("RGB")
         line[0].imshow(image)
         line[0].set_title(f"row {row}", fontsize=8)
         for ax, cls in zip(line[1:], classes):
             ax.imshow(image, alpha=0.5)
-            ax.imshow(heatmaps[row, cls].astype(np.float32), cmap="jet", alpha=0.5, vmin=0, vmax=1,
+            ax.imshow(heatmaps[cls], cmap="jet", alpha=0.5, vmin=0, vmax=1,
                       extent=(0, image.width, image.height, 0))
             mark = "*" if cls == observed else ""
             ax.set_title(f"{names[cls]}{mark} P̄={predictions[row, cls]:.2f}", fontsize=7)

@@ -14,6 +14,7 @@ import torch
 from scl_hf.bank import BankHeader, SCLBank, bank_nbytes, check_free_space, header_nbytes, open_bank
 from scl_hf.bank_sparse import SparseSCLBank, assign_slots
 from scl_hf.losses import spatial_consistency_loss
+from scl_hf.visualize import plot_bank_heatmaps, stored_heatmaps
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 from tiny_run import tiny_trainer  # noqa: E402
@@ -60,6 +61,30 @@ def test_sparse_with_every_class_gives_the_dense_targets_and_losses(tmp_path):
     np.testing.assert_array_equal(sparse.coverage, dense.coverage)
     for row in range(N):
         np.testing.assert_allclose(sparse.dense_heatmaps(row), dense.heatmaps[row].astype(np.float32), atol=1e-3)
+        # the plotting path reads the files on its own, for either layout
+        np.testing.assert_allclose(stored_heatmaps(tmp_path / "sparse", row), sparse.dense_heatmaps(row))
+        np.testing.assert_array_equal(stored_heatmaps(tmp_path / "dense", row), dense.heatmaps[row].astype(np.float32))
+
+
+def test_heatmap_picture_of_a_sparse_bank_shows_zero_for_classes_without_a_slot(tmp_path):
+    from PIL import Image
+
+    bank = open_bank(tmp_path / "bank", header("sparse", top_k=1), writable=True, create=True)
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.arange(N) % C
+    for _ in range(3):
+        rows, probs, boxes, flips, maps = random_step(gen, 7)
+        bank.update(rows, probs, 0.8, boxes=boxes, flips=flips, map_probs=maps, heatmap_momentum=0.6,
+                    labels=labels[rows])
+    bank.flush()
+    row = int(np.flatnonzero(bank.slots[:, 1] >= 0)[0])
+    heat = stored_heatmaps(tmp_path / "bank", row)
+    held = set(bank.slots[row].tolist()) - {-1}
+    assert held and heat[list(held)].any()
+    assert not heat[[c for c in range(C) if c not in held]].any()
+    images = [{"image": Image.new("RGB", (24, 24), (200, 40, 40)), "label": int(labels[i])} for i in range(N)]
+    picture = plot_bank_heatmaps(tmp_path / "bank", images, tmp_path / "heat.png", rows=[row], labels_column=None)
+    assert picture.stat().st_size > 1000
 
 
 def test_trainer_losses_are_the_same_for_both_layouts_when_k_covers_every_class(tmp_path):
