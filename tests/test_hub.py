@@ -211,7 +211,7 @@ def test_model_card_metadata_and_content(tmp_path):
     text = card.text
     for expected in ("@inproceedings{verelst2023spatial", "WACV", "arXiv:2203.06127", "Cole et al.",
                      'pipeline("image-classification"', "AutoModelForImageClassification", "timm.create_model",
-                     "Intended use and limitations", "| `spatial_weight` | `1.0` |", "| cat | 80.0 |",
+                     "Intended use and limitations", "| `spatial_weight` | `0.5` |", "| cat | 80.0 |",
                      f"{SIZE}×{SIZE}", "random (trained from scratch)"):
         assert expected in text, expected
     assert TOKEN not in card.content and "\n\n\n" not in text
