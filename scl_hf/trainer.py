@@ -314,8 +314,8 @@ class SCLTrainer(Trainer):
             )
             if self.args.crop_corrected_positive:
                 context.element_weights = positive_weights
-            if self.method.info.crop_negative_mask:  # EM/ROLE train unobserved entries towards entropy/estimates,
-                ignore |= crop_ignore  # not 0: leaving them out removes their signal (em-apl+scl, role+scl fell)
+            if self.method.info.crop_negative_mask:  # only hard-negative bases: for WAN/ROLE/EM the mask removes
+                ignore |= crop_ignore  # their own signal (wan+scl, role+scl, em-apl+scl fell; docs/method.md)
         terms["loss_base"] = BASE_LOSSES[self.method.base](logits, targets, context, ignore if ignore.any() else None)
         if self.accelerator.num_processes > 1 and active and (self.method.needs_predictions or map_targets is not None):
             # masked entries differ per process: weight each process's mean by its share of the kept entries, so
