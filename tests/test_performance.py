@@ -91,17 +91,31 @@ def test_bf16_autocast_training_with_scl(tiny_synthetic, tmp_path):
     assert 0.0 <= trainer.evaluate()["eval_mAP"] <= 100.0
 
 
-def test_class_maps_under_autocast_average_to_the_logits():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_class_maps_under_autocast_average_to_the_logits(dtype):
     """The trainer computes the maps under the forward's autocast: same precision as the logits they explain."""
     torch.manual_seed(0)
     model = create_model("resnet18", num_labels=NUM_LABELS).eval()
     hook = attach_class_maps(model)
     pixels = torch.randn(2, 3, 64, 64)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
         logits = model(pixel_values=pixels).logits
         maps = hook.pop_maps()
-    assert maps.dtype == torch.bfloat16 and maps.shape == (2, NUM_LABELS, 2, 2)
+    assert maps.dtype == dtype and maps.shape == (2, NUM_LABELS, 2, 2)
     torch.testing.assert_close(maps.float().mean(dim=(2, 3)), logits.float(), atol=0.05, rtol=0.02)
+
+
+def test_fp16_flag_on_cpu_trains_with_scl(tiny_synthetic, tmp_path):
+    """`fp16=True` on a CPU machine: accelerate 1.15 keeps the forward in fp32 there (its CPU autocast is bf16
+    only, no GradScaler), and the SCL terms must train as usual; the fp16 + GradScaler path is CUDA's."""
+    trainer = SCLTrainer(
+        model=create_model("resnet18", num_labels=NUM_LABELS),
+        args=tiny_args(tmp_path, fp16=True),
+        train_dataset=tiny_synthetic["train"],
+    )
+    trainer.train()
+    assert trainer.accelerator.mixed_precision == "fp16"
+    assert_trained_with_scl(trainer)
 
 
 # ----------------------------------------------------------------------------- torch.compile
