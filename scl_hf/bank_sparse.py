@@ -95,11 +95,16 @@ class SparseSCLBank(SCLBank):
 
     def dense_heatmaps(self, index: int) -> np.ndarray:
         """One image's heatmaps as a dense (C, S, S) float32 array (0 for classes without a slot), for plots."""
-        dense = np.zeros((self.header.num_classes, self.header.size, self.header.size), dtype=np.float32)
-        for slot, cls in enumerate(self.slots[index]):
-            if cls >= 0:
-                dense[cls] = self.heatmaps[index, slot]
-        return dense
+        return slots_to_dense(self.heatmaps[index], self.slots[index], self.header.num_classes)
+
+
+def slots_to_dense(slot_maps: np.ndarray, slot_classes: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K', S, S) slot heatmaps of one image and their class ids (-1: empty slot) → dense (C, S, S) float32;
+    classes without a slot read 0, as the losses read them."""
+    dense = np.zeros((num_classes, *slot_maps.shape[1:]), dtype=np.float32)
+    held = slot_classes >= 0
+    dense[slot_classes[held]] = slot_maps[held]
+    return dense
 
 
 def assign_slots(

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .bank import read_header  # noqa: E402
+from .bank_sparse import slots_to_dense  # noqa: E402
 
 
 def save_figure(fig, path: str | Path) -> Path:
@@ -23,8 +24,8 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
-def stored_heatmaps(bank_dir: str | Path, row: int) -> np.ndarray:
-    """One image's stored heatmaps as a dense (C, S, S) float32 array, whatever the bank's layout.
+def stored_heatmaps(bank_dir: str | Path, rows: list[int]) -> np.ndarray:
+    """The stored heatmaps of `rows` as a dense (len(rows), C, S, S) float32 array, whatever the bank's layout.
 
     Read straight from the files (no writer, no lock): safe beside a running trainer. In the sparse layout the
     classes without a slot read 0, which is what the losses use for them too."""
@@ -33,12 +34,9 @@ def stored_heatmaps(bank_dir: str | Path, row: int) -> np.ndarray:
         raise ValueError(f"the bank in {bank_dir} holds no heatmaps (method without 'scl')")
     heatmaps = np.load(Path(bank_dir) / "heatmaps.npy", mmap_mode="r")
     if header.layout == "dense":
-        return heatmaps[row].astype(np.float32)
-    slots = np.load(Path(bank_dir) / "slots.npy", mmap_mode="r")[row]
-    dense = np.zeros((header.num_classes, header.size, header.size), dtype=np.float32)
-    held = slots >= 0
-    dense[slots[held]] = heatmaps[row][held]
-    return dense
+        return heatmaps[list(rows)].astype(np.float32)
+    slots = np.load(Path(bank_dir) / "slots.npy", mmap_mode="r")
+    return np.stack([slots_to_dense(heatmaps[row], slots[row], header.num_classes) for row in rows])
 
 
 def plot_bank_heatmaps(
@@ -60,10 +58,11 @@ def plot_bank_heatmaps(
     header = read_header(bank_dir)
     predictions = np.load(Path(bank_dir) / "predictions.npy", mmap_mode="r")
     rows = rows if rows is not None else list(range(min(4, len(dataset))))
+    heatmaps = stored_heatmaps(bank_dir, rows)
     names = class_names or [str(i) for i in range(header.num_classes)]
     fig, axes = plt.subplots(len(rows), max_classes + 1, figsize=(2.2 * (max_classes + 1), 2.2 * len(rows)),
                              squeeze=False)
-    for line, row in zip(axes, rows):
+    for line, row, row_heatmaps in zip(axes, rows, heatmaps):
         item = dataset[int(row)]
         observed = int(item[label_column])
         if labels_column and labels_column in item:
@@ -71,13 +70,12 @@ def plot_bank_heatmaps(
         else:
             others = [int(c) for c in np.argsort(-predictions[row]) if c != observed]
         classes = [observed, *others][:max_classes]
-        heatmaps = stored_heatmaps(bank_dir, int(row))
         image = item[image_column].convert("RGB")
         line[0].imshow(image)
         line[0].set_title(f"row {row}", fontsize=8)
         for ax, cls in zip(line[1:], classes):
             ax.imshow(image, alpha=0.5)
-            ax.imshow(heatmaps[cls], cmap="jet", alpha=0.5, vmin=0, vmax=1,
+            ax.imshow(row_heatmaps[cls], cmap="jet", alpha=0.5, vmin=0, vmax=1,
                       extent=(0, image.width, image.height, 0))
             mark = "*" if cls == observed else ""
             ax.set_title(f"{names[cls]}{mark} P̄={predictions[row, cls]:.2f}", fontsize=7)

@@ -62,8 +62,8 @@ def test_sparse_with_every_class_gives_the_dense_targets_and_losses(tmp_path):
     for row in range(N):
         np.testing.assert_allclose(sparse.dense_heatmaps(row), dense.heatmaps[row].astype(np.float32), atol=1e-3)
         # the plotting path reads the files on its own, for either layout
-        np.testing.assert_allclose(stored_heatmaps(tmp_path / "sparse", row), sparse.dense_heatmaps(row))
-        np.testing.assert_array_equal(stored_heatmaps(tmp_path / "dense", row), dense.heatmaps[row].astype(np.float32))
+        np.testing.assert_allclose(stored_heatmaps(tmp_path / "sparse", [row])[0], sparse.dense_heatmaps(row))
+        np.testing.assert_array_equal(stored_heatmaps(tmp_path / "dense", [row])[0], dense.heatmaps[row].astype(np.float32))
 
 
 def test_heatmap_picture_of_a_sparse_bank_shows_zero_for_classes_without_a_slot(tmp_path):
@@ -78,7 +78,7 @@ def test_heatmap_picture_of_a_sparse_bank_shows_zero_for_classes_without_a_slot(
                     labels=labels[rows])
     bank.flush()
     row = int(np.flatnonzero(bank.slots[:, 1] >= 0)[0])
-    heat = stored_heatmaps(tmp_path / "bank", row)
+    heat = stored_heatmaps(tmp_path / "bank", [row])[0]
     held = set(bank.slots[row].tolist()) - {-1}
     assert held and heat[list(held)].any()
     assert not heat[[c for c in range(C) if c not in held]].any()
