@@ -133,21 +133,28 @@ def test_evaluate_reports_map_and_per_class_ap(tiny_synthetic, tmp_path):
     assert metrics["eval_mAP"] == pytest.approx(np.mean(per_class))
 
 
+def _one_step_with_stored_heat(tiny_synthetic, tmp_path, method: str, threshold: float | None, heat):
+    """One compute_loss from fixed weights after the bank's heatmaps were set to `heat` (broadcast over rows and
+    cells, e.g. one value or one per class) with every cell observed; returns the trainer and the batch."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_labels=5)
+    args = make_args(tmp_path / f"{method}-{threshold}", method=method, warmup_epochs=0, crop_negative_threshold=threshold)
+    trainer = SCLTrainer(model=model, args=args, train_dataset=tiny_synthetic["train"])
+    bank = trainer.setup_bank()
+    bank.heatmaps[:] = np.broadcast_to(heat, bank.heatmaps.shape)
+    bank.coverage[:] = 1
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.compute_loss(trainer.model, batch)
+    return trainer, batch
+
+
 @pytest.mark.parametrize("threshold", [0.3, None])
 def test_spatial_negatives_leave_unlabelled_objects_in_view_out_of_the_base_loss(tiny_synthetic, tmp_path, threshold):
     """crop_negative_threshold θ: an unobserved class whose stored heat inside the crop reaches θ is not a negative
     of the base loss (the default 'scl'); with θ off every unobserved class is one. Checked against a hand mask."""
-    torch.manual_seed(0)
-    model = create_model("resnet18", num_labels=5)
-    args = make_args(tmp_path / str(threshold), method="scl", warmup_epochs=0, crop_negative_threshold=threshold)
-    trainer = SCLTrainer(model=model, args=args, train_dataset=tiny_synthetic["train"])
-    bank = trainer.setup_bank()
-    heat = np.full(bank.heatmaps.shape, 0.1, np.float16)
-    heat[:, 2] = 0.9  # class 2: an object in view wherever the crop falls; the others stay below θ
-    bank.heatmaps[:] = heat
-    bank.coverage[:] = 1
-    batch = next(iter(trainer.get_train_dataloader()))
-    trainer.compute_loss(trainer.model, batch)
+    heat = np.full((5, 1, 1), 0.1, np.float16)
+    heat[2] = 0.9  # class 2: an object in view wherever the crop falls; the others stay below θ
+    trainer, batch = _one_step_with_stored_heat(tiny_synthetic, tmp_path, "scl", threshold, heat)
     with torch.no_grad():
         logits = trainer.model(pixel_values=batch["pixel_values"]).logits.float()
     targets = torch.nn.functional.one_hot(batch["label"].long(), 5).float()
@@ -165,15 +172,8 @@ def test_spatial_negative_mask_leaves_entropy_bases_alone(tiny_synthetic, tmp_pa
     from scl_hf.baselines import entropy_maximization
     from scl_hf.losses import LossContext
 
-    torch.manual_seed(0)
-    model = create_model("resnet18", num_labels=5)
-    args = make_args(tmp_path, method="em+scl", warmup_epochs=0, crop_negative_threshold=0.3)
-    trainer = SCLTrainer(model=model, args=args, train_dataset=tiny_synthetic["train"])
-    bank = trainer.setup_bank()
-    bank.heatmaps[:] = np.full(bank.heatmaps.shape, 0.9, np.float16)  # every class "in view": all would be masked
-    bank.coverage[:] = 1
-    batch = next(iter(trainer.get_train_dataloader()))
-    trainer.compute_loss(trainer.model, batch)
+    # every class "in view": all would be masked
+    trainer, batch = _one_step_with_stored_heat(tiny_synthetic, tmp_path, "em+scl", 0.3, np.float16(0.9))
     with torch.no_grad():
         logits = trainer.model(pixel_values=batch["pixel_values"]).logits.float()
     targets = torch.nn.functional.one_hot(batch["label"].long(), 5).float()
@@ -184,15 +184,8 @@ def test_spatial_negative_mask_leaves_entropy_bases_alone(tiny_synthetic, tmp_pa
 
 
 def _base_loss_of_one_step(tiny_synthetic, tmp_path, method: str, threshold: float | None) -> torch.Tensor:
-    """loss_base of one step from fixed weights and a bank where every class is 'in view' (all would be masked)."""
-    torch.manual_seed(0)
-    model = create_model("resnet18", num_labels=5)
-    args = make_args(tmp_path / f"{method}-{threshold}", method=method, warmup_epochs=0, crop_negative_threshold=threshold)
-    trainer = SCLTrainer(model=model, args=args, train_dataset=tiny_synthetic["train"])
-    bank = trainer.setup_bank()
-    bank.heatmaps[:] = np.full(bank.heatmaps.shape, 0.9, np.float16)
-    bank.coverage[:] = 1
-    trainer.compute_loss(trainer.model, next(iter(trainer.get_train_dataloader())))
+    """loss_base of one step where every class is 'in view' in the bank (all would be masked)."""
+    trainer, _ = _one_step_with_stored_heat(tiny_synthetic, tmp_path, method, threshold, np.float16(0.9))
     return trainer._loss_terms["loss_base"][-1]
 
 
