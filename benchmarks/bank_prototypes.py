@@ -12,7 +12,6 @@ Run:  .venv/bin/python benchmarks/bank_prototypes.py          # writes results/b
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -25,7 +24,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import RESULTS_DIR, SETTINGS, Setting, fill_bank, load_average, machine_description, summarise  # noqa: E402
+from overhead import (  # noqa: E402  (benchmarks/ is not a package)
+    RESULTS_DIR,
+    SETTINGS,
+    Setting,
+    fill_bank,
+    load_average,
+    machine_description,
+    summarise,
+    write_report,
+)
 
 
 def bank_prototypes(setting: Setting, workdir: Path, repeats: int, log: Callable[[str], None]) -> dict:
@@ -221,11 +229,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="scl_bank_proto_") as tmp:
         report["prototypes"] = bank_prototypes(SETTINGS["cpu"], Path(tmp), args.repeats, print)
     report["load_average_end"] = load_average()
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "bank_prototypes.json").write_text(json.dumps(report, indent=2) + "\n")
-    markdown = markdown_report(report)
-    (args.output_dir / "bank_prototypes.md").write_text(markdown)
-    print(markdown)
+    write_report(report, markdown_report(report), args.output_dir, "bank_prototypes")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ Writes benchmarks/results/loader_throughput.json and benchmarks/results/loader_t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -49,6 +48,7 @@ from overhead import (  # noqa: E402  (benchmarks/ is not a package)
     make_batches,
     placeholder_dataset,
     summarise,
+    write_report,
 )
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -406,11 +406,7 @@ def main() -> None:
             report["training"].append(row)
             print(f"training jpeg w={w}: wait {row['wait_fraction_after_first'] * 100:.1f}%", flush=True)
     report["load_average_end"] = load_average()
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "loader_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
-    markdown = markdown_report(report)
-    (args.output_dir / "loader_throughput.md").write_text(markdown)
-    print(markdown)
+    write_report(report, markdown_report(report), args.output_dir, "loader_throughput")
 
 
 if __name__ == "__main__":

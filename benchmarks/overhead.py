@@ -145,6 +145,14 @@ def load_average() -> list[float] | None:
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
+def write_report(report: dict, markdown: str, output_dir: Path, name: str) -> None:
+    """`name`.json (every figure) and `name`.md (the tables) under `output_dir`; the markdown is printed too."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (output_dir / f"{name}.md").write_text(markdown)
+    print(markdown)
+
+
 def summarise(values: list[float]) -> dict:
     """Median and spread (quartiles, min, max): a single number hides how noisy a shared machine is."""
     q1, _, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
@@ -532,11 +540,7 @@ def main() -> None:
                 log(f"  {method}/an median {ratio['median']:.3f} (IQR {ratio['q1']:.3f}–{ratio['q3']:.3f})")
     report["load_average_end"] = load_average()
     report["command"] = " ".join([Path(sys.executable).name, *sys.argv])
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / f"{args.output_name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    markdown = markdown_report(report)
-    (args.output_dir / f"{args.output_name}.md").write_text(markdown)
-    print(markdown)
+    write_report(report, markdown_report(report), args.output_dir, args.output_name)
 
 
 if __name__ == "__main__":
