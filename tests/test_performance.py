@@ -113,8 +113,10 @@ def test_fp16_flag_on_cpu_trains_with_scl(tiny_synthetic, tmp_path):
         args=tiny_args(tmp_path, fp16=True),
         train_dataset=tiny_synthetic["train"],
     )
+    probe = DtypeProbe(trainer)
     trainer.train()
     assert trainer.accelerator.mixed_precision == "fp16"
+    assert probe.features == {torch.float32}  # what the README tells CPU users (use bf16 there)
     assert_trained_with_scl(trainer)
 
 
