@@ -33,6 +33,7 @@ from scl_hf.losses import BASE_LOSSES
 from scl_hf.recipes import (
     SyntheticBudget,
     budget_dict,
+    gap_closed,
     markdown_table,
     run_method,
     save_runs,
@@ -117,6 +118,26 @@ def plot(table: dict[str, dict], path: Path, title: str) -> Path:
     return path
 
 
+def target_check(table: dict[str, dict], rivals: tuple[str, ...] = ("ll-r", "em-apl")) -> list[str]:
+    """The benchmark's target for every row with the spatial term: at least half of the AN → full-label gap
+    closed, and a higher mean than each of `rivals`. Empty when AN, full or a rival is missing."""
+    if gap_closed(table, "an") is None or any(r not in table for r in rivals):
+        return []
+    scores = ", ".join(f"{r} {table[r]['mAP_mean']:.2f}" for r in rivals)
+    half = (table["an"]["mAP_mean"] + table["full"]["mAP_mean"]) / 2
+    lines = [f"Target: SCL alone or on a baseline closes ≥ 50 % of the AN → full gap (mAP ≥ {half:.2f}) and is ahead "
+             f"of {' and '.join(rivals)} ({scores}).", ""]
+    for method, row in table.items():
+        if "scl" not in method.split("+"):
+            continue
+        share = gap_closed(table, method)
+        ahead = all(row["mAP_mean"] > table[r]["mAP_mean"] for r in rivals)
+        verdict = "met" if share >= 0.5 and ahead else "not met"
+        lines.append(f"- {method}: {row['mAP_mean']:.2f}, {share:.1%} of the gap, "
+                     f"{'ahead of' if ahead else 'not ahead of'} both → **{verdict}**")
+    return lines
+
+
 def write_outputs(runs: list[dict], stem: Path, meta: dict, methods: list[str]) -> dict[str, dict]:
     save_runs(runs, stem.with_suffix(".json"), **meta)
     order = [m for m in methods if any(r["method"] == m for r in runs)]
@@ -136,6 +157,8 @@ def write_outputs(runs: list[dict], stem: Path, meta: dict, methods: list[str]) 
         f"Written by benchmarks/compare_methods.py on {meta['machine']}, torch {meta['torch']}, {meta['written']}.",
         "",
         markdown_table(table, reference="an" if "an" in table else None),
+        "",
+        *target_check(table),
         "",
     ]
     stem.with_suffix(".md").write_text("\n".join(lines))

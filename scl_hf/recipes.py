@@ -86,14 +86,27 @@ def summarise(runs: list[dict]) -> dict[str, dict]:
     return table
 
 
+def gap_closed(table: dict[str, dict], method: str, low: str = "an", high: str = "full") -> float | None:
+    """Share of the `low` → `high` gap in mean mAP that `method` closes (0 at AN, 1 at full labels), or None."""
+    if low not in table or high not in table or method not in table:
+        return None
+    gap = table[high]["mAP_mean"] - table[low]["mAP_mean"]
+    return (table[method]["mAP_mean"] - table[low]["mAP_mean"]) / gap if gap > 0 else None
+
+
 def markdown_table(table: dict[str, dict], reference: str | None = "an") -> str:
-    lines = ["| method | test mAP (mean ± std) | min – max | runs | s/step | step time vs AN |", "|---|---|---|---|---|---|"]
+    """Mean ± std per method; with both "an" and "full" in the table, also the share of their gap each closes."""
+    with_gap = gap_closed(table, "an") is not None
+    header = "| method | test mAP (mean ± std) | min – max | runs |" + (" AN → full gap closed |" if with_gap else "")
+    lines = [header + " s/step | step time vs AN |", "|---" * (6 + with_gap) + "|"]
     base = table.get(reference, {}).get("seconds_per_step") if reference else None
     for method, row in table.items():
         ratio = f"{row['seconds_per_step'] / base:.2f}" if base else "–"
+        share = gap_closed(table, method)
+        gap = (f" {share:.1%} |" if method != "full" else " – |") if with_gap else ""
         lines.append(
             f"| {method} | {row['mAP_mean']:.2f} ± {row['mAP_std']:.2f} | {row['mAP_min']:.2f} – {row['mAP_max']:.2f}"
-            f" | {row['runs']} | {row['seconds_per_step']:.3f} | {ratio} |"
+            f" | {row['runs']} |{gap} {row['seconds_per_step']:.3f} | {ratio} |"
         )
     return "\n".join(lines)
 
