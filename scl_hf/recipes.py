@@ -28,7 +28,7 @@ class SyntheticBudget:
     num_test: int = 300
     source_size: int = 96
     image_size: int = 64
-    epochs: int = 10
+    epochs: int = 20  # at 10 every method's curve still rises (benchmarks/results/compare_methods_10ep.md)
     bank_size: int = 8
     batch_size: int = 32
     learning_rate: float = 1e-3
