@@ -55,11 +55,10 @@ def plot_bank_heatmaps(
     The observed (single) label is marked with '*'; other classes are those in the full label list when the
     dataset has one (shown for inspection only), else the highest running-average predictions.
     """
-    header = read_header(bank_dir)
     predictions = np.load(Path(bank_dir) / "predictions.npy", mmap_mode="r")
     rows = rows if rows is not None else list(range(min(4, len(dataset))))
     heatmaps = stored_heatmaps(bank_dir, rows)
-    names = class_names or [str(i) for i in range(header.num_classes)]
+    names = class_names or [str(i) for i in range(heatmaps.shape[1])]
     fig, axes = plt.subplots(len(rows), max_classes + 1, figsize=(2.2 * (max_classes + 1), 2.2 * len(rows)),
                              squeeze=False)
     for line, row, row_heatmaps in zip(axes, rows, heatmaps):

@@ -44,14 +44,15 @@ def test_markdown_table_shows_the_gap_only_with_both_ends():
 
 
 def test_target_check_by_hand():
-    lines = load_script().target_check(TABLE)
+    script = load_script()
+    lines = script.target_check(TABLE)
     assert "mAP ≥ 90.00" in lines[0]
     verdicts = {line.split(":")[0][2:]: line for line in lines if line.startswith("- ")}
     assert set(verdicts) == {"scl", "role+scl", "ll-r+scl"}
     assert "60.0% of the gap, not ahead of both → **not met**" in verdicts["scl"]  # behind em-apl 93
     assert "75.0% of the gap, ahead of both → **met**" in verdicts["role+scl"]
     assert "**not met**" in verdicts["ll-r+scl"]  # 40 %
-    assert load_script().target_check({k: v for k, v in TABLE.items() if k != "ll-r"}) == []
+    assert script.target_check({k: v for k, v in TABLE.items() if k != "ll-r"}) == []
 
 
 def test_tiny_benchmark_writes_resumes_and_refuses_another_budget(tmp_path):
