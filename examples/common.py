@@ -248,4 +248,5 @@ def train_and_test(
         print(f"test eval_mAP: {metrics['eval_mAP']:.2f}  ({len(data['test'])} images)")
         print(f"metrics: {Path(training_args.output_dir) / METRICS_FILE}")
         print(f"model:   {final_dir}")
+    trainer.end_training()
     return metrics

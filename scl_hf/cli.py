@@ -215,6 +215,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
                    dataset_name=ns.dataset, pretrained=ns.pretrained, base_model=base_model)
     print(f"test mAP: {metrics['eval_test_mAP']:.2f}")
     print(f"release folder: {release}  (AutoModelForImageClassification.from_pretrained({str(release)!r}))")
+    trainer.end_training()
     return 0
 
 
@@ -241,6 +242,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
                          use_cpu=not torch.cuda.is_available(), report_to="none", disable_tqdm=True)
         trainer = SCLTrainer(model=model, args=args, eval_dataset=splits["test"], processing_class=processor)
         metrics = trainer.evaluate()
+        trainer.end_training()
     for key in ("eval_mAP", "eval_mAP_skip_empty", "eval_F1_micro", "eval_F1_macro"):
         if key in metrics:
             print(f"{key}: {metrics[key]:.2f}")

@@ -243,6 +243,17 @@ class SCLTrainer(Trainer):
             self.bank.mark(self.state.epoch or 0.0, self.state.global_step)
         return result
 
+    def end_training(self) -> None:
+        """Wait for every process, then shut the process group down; call it last in a launched script.
+
+        A gloo process that exits with its group still up can abort in the C++ teardown ("terminate called
+        without an active exception", SIGABRT) after all its work is written, and the launcher then reports
+        the whole run as failed. A no-op in a single process.
+        """
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+
     def _save_checkpoint(self, model, trial):
         """The bank goes into checkpoint-N/scl_bank, so rotation keeps or deletes it with its checkpoint."""
         if self.bank is not None and self.bank.writable:

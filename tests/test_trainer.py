@@ -202,3 +202,20 @@ def test_spatial_negative_mask_only_for_bases_with_hard_negatives(tiny_synthetic
         assert not torch.isclose(with_mask, without_mask, rtol=1e-3)
     else:
         torch.testing.assert_close(with_mask, without_mask, rtol=1e-6, atol=1e-7)
+
+
+def test_end_training_shuts_the_process_group_down(tiny_synthetic, tmp_path):
+    """A launched script ends with end_training(): the gloo group must be gone so no rank aborts at exit."""
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        trainer = SCLTrainer(model=create_model("resnet18", num_labels=5), args=make_args(tmp_path, method="an"),
+                             eval_dataset=tiny_synthetic["test"])
+        assert torch.distributed.is_initialized()
+        trainer.end_training()
+        assert not torch.distributed.is_initialized()
+        trainer.end_training()  # a second call (or a single-process run) is a no-op
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

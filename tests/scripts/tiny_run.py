@@ -64,9 +64,7 @@ def main(config: dict) -> None:
     trainer.train(resume_from_checkpoint=resume)
     if trainer.is_world_process_zero():
         torch.save(trainer.model.state_dict(), os.path.join(trainer.args.output_dir, "weights.pt"))
-    if torch.distributed.is_initialized():  # an orderly gloo shutdown: without it a rank can abort at exit
-        trainer.accelerator.wait_for_everyone()
-        torch.distributed.destroy_process_group()
+    trainer.end_training()  # an orderly gloo shutdown: without it a rank can abort at exit
 
 
 if __name__ == "__main__":
