@@ -250,8 +250,7 @@ class SCLTrainer(Trainer):
         without an active exception", SIGABRT) after all its work is written, and the launcher then reports
         the whole run as failed. A no-op in a single process.
         """
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            self.accelerator.wait_for_everyone()
+        self.accelerator.wait_for_everyone()  # a no-op unless several processes run
         self.accelerator.end_training()
 
     def _save_checkpoint(self, model, trial):
