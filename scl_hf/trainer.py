@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import uuid
 import warnings
 from collections import defaultdict
@@ -72,6 +73,9 @@ def dataset_fingerprint(dataset) -> str:
     fingerprint = getattr(dataset, "_fingerprint", None)
     return f"{fingerprint or 'unknown'}:{len(dataset)}"
 
+
+# end_training's pause after the last barrier: gloo's worker threads free their finished work meanwhile
+GLOO_DRAIN_SECONDS = 0.5
 
 class SCLTrainer(Trainer):
     """Trainer for single-positive multi-label learning with the (spatial) consistency losses.
@@ -244,14 +248,20 @@ class SCLTrainer(Trainer):
         return result
 
     def end_training(self) -> None:
-        """Wait for every process, then shut the process group down; call it last in a launched script.
+        """Wait for every process, let gloo's workers finish, then shut the process group down; call it last
+        in a launched script (a no-op in a single process).
 
-        A gloo process that exits with its group still up can abort in the C++ teardown ("terminate called
-        without an active exception", SIGABRT) after all its work is written, and the launcher then reports
-        the whole run as failed. A no-op in a single process.
+        A gloo worker thread frees a finished collective's tensors just after the caller's wait returns, and
+        freeing a tensor that Python already dropped takes the GIL. If the interpreter is finalizing by then,
+        the thread is killed inside a destructor: "terminate called without an active exception", SIGABRT,
+        after all the work is written, and the launcher reports the run as failed (pytorch/pytorch#190489;
+        ~20 % of two-process runs here). `destroy_process_group` alone does not help: DDP keeps the group,
+        and its threads, alive until exit. Sleeping releases the GIL so that the workers drain first.
         """
-        self.accelerator.wait_for_everyone()  # a no-op unless several processes run
-        self.accelerator.end_training()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            self.accelerator.wait_for_everyone()
+            time.sleep(GLOO_DRAIN_SECONDS)
+        self.accelerator.end_training()  # also closes the trackers (report_to)
 
     def _save_checkpoint(self, model, trial):
         """The bank goes into checkpoint-N/scl_bank, so rotation keeps or deletes it with its checkpoint."""
