@@ -256,8 +256,9 @@ class SCLTrainer(Trainer):
         freeing a tensor that Python already dropped takes the GIL. If the interpreter is finalizing by then,
         the thread is killed inside a destructor: "terminate called without an active exception", SIGABRT,
         after all the work is written, and the launcher reports the run as failed (pytorch/pytorch#190489;
-        4 of 54 two-process launches here, 0 of 80 with the pause: docs/bank.md). `destroy_process_group` alone does not help: DDP keeps the group,
-        and its threads, alive until exit. Sleeping releases the GIL so that the workers drain first.
+        4 of 54 two-process launches here, 0 of 80 with the pause: docs/bank.md). `destroy_process_group`
+        alone does not help: DDP keeps the group, and its threads, alive until exit. Sleeping releases the
+        GIL so that the workers drain first.
         """
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             self.accelerator.wait_for_everyone()
