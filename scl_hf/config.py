@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .baselines import BASELINE_DEFAULTS, options_from_config, validate_options
-from .losses import parse_method
+from .losses import BASELINE_DEFAULTS, options_from_config, parse_method, validate_options
 
 
 @dataclass

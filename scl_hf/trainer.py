@@ -24,7 +24,6 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from .bank import BankHeader, SCLBank, check_free_space, first_occurrence, open_bank
 from .bank_snapshot import Snapshot, restore_snapshot, save_snapshot
-from .baselines import options_from_config
 from .config import SCLConfig
 from .losses import (
     BASE_LOSSES,
@@ -33,6 +32,7 @@ from .losses import (
     crop_corrected_weights,
     expected_negatives_ignore,
     observed_one_hot,
+    options_from_config,
     sharpen,
     spatial_consistency_loss,
 )

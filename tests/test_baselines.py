@@ -8,14 +8,14 @@ import torch
 from safetensors.torch import load_file
 
 from scl_hf import SCLConfig, SCLTrainer, create_model
-from scl_hf.baselines import (
+from scl_hf.losses import BASE_LOSS_INFO, BASE_LOSSES, LossContext, observed_one_hot, parse_method
+from scl_hf.losses.baselines import (
     BASELINE_DEFAULTS,
     LabelEstimates,
     PermanentCorrections,
     PseudoNegatives,
     large_loss_count,
 )
-from scl_hf.losses import BASE_LOSS_INFO, BASE_LOSSES, LossContext, observed_one_hot, parse_method
 from scl_hf.trainer import FULL_LABELS_WARNING, LOSS_STATE_FILE
 
 LOGITS = [[2.0, -1.0, 0.5], [-0.3, 1.5, -2.0]]

@@ -169,8 +169,8 @@ def test_spatial_negatives_leave_unlabelled_objects_in_view_out_of_the_base_loss
 
 def test_spatial_negative_mask_leaves_entropy_bases_alone(tiny_synthetic, tmp_path):
     """EM has no negatives: with 'em+scl' the crop mask must not drop its unobserved (entropy) entries."""
-    from scl_hf.baselines import entropy_maximization
     from scl_hf.losses import LossContext
+    from scl_hf.losses.baselines import entropy_maximization
 
     # every class "in view": all would be masked
     trainer, batch = _one_step_with_stored_heat(tiny_synthetic, tmp_path, "em+scl", 0.3, np.float16(0.9))

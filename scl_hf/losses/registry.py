@@ -1,4 +1,4 @@
-"""Loss functions of single-positive multi-label learning. Pure functions, no state, no files.
+"""The registry of base losses and the method grammar of single-positive multi-label learning.
 
 A training method is written as a "+"-joined string: at most one *base loss* (a registry entry, "an" by
 default) and any of the *consistency terms* "cl" / "en" and "scl":
@@ -8,7 +8,7 @@ default) and any of the *consistency terms* "cl" / "en" and "scl":
 - "en":  expected negatives: unobserved classes with P̄ ≥ τ are left out of the base loss;
 - "scl": λ_s · Σ W·BCE(σ(F), T) / Σ W over cells and classes      (T, W: bank heatmaps cut under the crop).
 
-See docs/method.md for the equations and the defaults.
+The terms live in terms.py, the base losses in baselines.py; see docs/method.md for the equations and defaults.
 """
 
 from __future__ import annotations
@@ -81,76 +81,6 @@ def masked_mean(values: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor
     return (values * keep).sum() / keep.sum().clamp_min(1.0)
 
 
-@register_base_loss("an")
-def assume_negative_loss(
-    logits: torch.Tensor, targets: torch.Tensor, ctx: LossContext, ignore: torch.Tensor | None = None
-) -> torch.Tensor:
-    """"Assume negative": BCE with every unobserved class as a negative (Cole et al. 2021 baseline)."""
-    values = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    if ctx.element_weights is not None:
-        values = values * ctx.element_weights
-    return masked_mean(values, None if ignore is None else ~ignore)
-
-
-def crop_corrected_weights(
-    targets: torch.Tensor, map_targets: torch.Tensor, cell_weights: torch.Tensor, negative_threshold: float | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the stored heatmaps say about this crop, as base-loss weights and an ignore mask.
-
-    The observed class is weighted by its peak stored heat inside the crop: a crop that cut the labelled
-    object out of view no longer asks for a positive. Unobserved classes whose peak stored heat inside the
-    crop reaches `negative_threshold` are left out of the negatives (an unlabelled object in view).
-    Cells never observed (weight 0) say nothing.
-    """
-    seen = (cell_weights > 0)[:, None]
-    peak = torch.where(seen, map_targets, torch.zeros_like(map_targets)).amax(dim=(2, 3))  # (B, C)
-    has_view = seen.flatten(1).any(dim=1)[:, None]
-    weights = torch.where((targets > 0.5) & has_view, peak, torch.ones_like(peak))
-    ignore = torch.zeros_like(targets, dtype=torch.bool)
-    if negative_threshold is not None:
-        ignore = (targets < 0.5) & has_view & (peak >= negative_threshold)
-    return weights, ignore
-
-
-def consistency_loss(logits: torch.Tensor, targets: torch.Tensor, running_probs: torch.Tensor) -> torch.Tensor:
-    """BCE of the unobserved classes towards the image's running-average prediction P̄."""
-    unobserved = targets < 0.5
-    values = F.binary_cross_entropy_with_logits(logits, running_probs.to(logits.dtype), reduction="none")
-    return masked_mean(values, unobserved)
-
-
-def expected_negatives_ignore(targets: torch.Tensor, running_probs: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Unobserved classes the running average does not call absent: the base loss leaves them out."""
-    return (targets < 0.5) & (running_probs >= threshold)
-
-
-def sharpen(probs: torch.Tensor, temperature: float) -> torch.Tensor:
-    """p^(1/T) / (p^(1/T) + (1−p)^(1/T)): averaged targets are less confident than the model; T < 1 undoes it."""
-    if temperature == 1.0:
-        return probs
-    p = probs.clamp(1e-6, 1 - 1e-6) ** (1.0 / temperature)
-    q = (1 - probs).clamp(1e-6, 1 - 1e-6) ** (1.0 / temperature)
-    return p / (p + q)
-
-
-def spatial_consistency_loss(
-    class_maps: torch.Tensor, map_targets: torch.Tensor, cell_weights: torch.Tensor, form: str = "bce"
-) -> torch.Tensor:
-    """Per-cell loss between the current class maps (logits) and the stored heatmaps cut under the crop.
-
-    Weighted by the observed fraction of each cell; cells never observed before carry no loss.
-    """
-    map_targets = map_targets.to(class_maps.dtype)
-    if form == "bce":
-        values = F.binary_cross_entropy_with_logits(class_maps, map_targets, reduction="none")
-    elif form == "mse":
-        values = (torch.sigmoid(class_maps) - map_targets) ** 2
-    else:
-        raise ValueError(f"unknown spatial loss form {form!r}; use 'bce' or 'mse'")
-    weights = cell_weights.to(class_maps.dtype)[:, None].expand_as(values)
-    return (values * weights).sum() / weights.sum().clamp_min(1e-6)
-
-
 @dataclass(frozen=True)
 class MethodSpec:
     base: str
@@ -194,6 +124,3 @@ def parse_method(method: str) -> MethodSpec:
     if {"cl", "en"} <= set(terms):
         raise ValueError("'cl' and 'en' are two treatments of the unobserved classes; choose one")
     return MethodSpec(bases[0] if bases else "an", frozenset(terms))
-
-
-from . import baselines  # noqa: E402, F401  (registers the single-positive baselines; imports this module)

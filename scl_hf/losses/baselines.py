@@ -1,4 +1,4 @@
-"""The single-positive baselines, as base losses of the registry in losses.py.
+"""The single-positive base losses ("an" and the baselines), registered in registry.py.
 
 Each is `fn(logits, targets, ctx, ignore) -> scalar`, selected by `SCLConfig.method` and composable with the
 consistency terms ("ll-r+scl", "em-apl+cl"). Every loss builds a per-entry loss matrix (B, C) and reduces it
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import LossContext, masked_mean, register_base_loss
+from .registry import LossContext, masked_mean, register_base_loss
 
 # Defaults for COCO, the headline protocol (Cole et al. 2021); VOC values in DATASET_DEFAULTS. SCLConfig
 # exposes each under the same name; `ctx.options` carries them to the losses.
@@ -47,6 +47,18 @@ DATASET_DEFAULTS: dict[str, dict[str, float]] = {
     "voc": {"expected_positives": 1.5, "em_alpha": 0.2, "apl_beta": 0.02, "apl_warmup_epochs": 5},
     "nuswide": {"expected_positives": 1.9, "em_alpha": 0.1, "apl_beta": 0.2, "apl_warmup_epochs": 4},
 }
+
+
+@register_base_loss("an")
+def assume_negative_loss(
+    logits: torch.Tensor, targets: torch.Tensor, ctx: LossContext, ignore: torch.Tensor | None = None
+) -> torch.Tensor:
+    """"Assume negative": BCE with every unobserved class as a negative (Cole et al. 2021 baseline)."""
+    values = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    if ctx.element_weights is not None:
+        values = values * ctx.element_weights
+    return masked_mean(values, None if ignore is None else ~ignore)
+
 
 
 def option(ctx: LossContext, name: str) -> float:
