@@ -56,6 +56,7 @@ def main(argv=None) -> dict:
     if args.tiny:
         budget.num_train, budget.num_test, budget.epochs, budget.image_size = 48, 24, 2, 64
         budget.batch_size, budget.source_size, budget.bank_size = 16, 96, 4
+        budget.extra.setdefault("warmup_epochs", 1.0)  # else two epochs end before the consistency terms start
     out = Path(args.output_dir)
     runs = []
     for seed in args.seeds:

@@ -194,6 +194,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
         weight_decay=1e-4, lr_scheduler_type="cosine", use_cpu=not torch.cuda.is_available(), eval_strategy="epoch",
         save_strategy="epoch", save_total_limit=1, logging_steps=10, report_to="none",
     )
+    if ns.tiny:  # two epochs: a one-epoch warm-up leaves the consistency terms one epoch to act (and be logged)
+        settings.update(warmup_epochs=1.0, logging_steps=1)  # and six steps in all: log each one
     settings.update(overrides)
     try:
         args = SCLConfig(**settings)

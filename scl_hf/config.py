@@ -71,6 +71,22 @@ class SCLConfig(TrainingArguments):
                   "expected negatives. 0 or None: off, every unobserved class stays a negative (ablation: 0.3 best of "
                   "0.1–0.4, docs/method.md)."},
     )
+    reliability_gate: bool = field(
+        default=True,
+        metadata={"help": "With 'scl': once per epoch, score each class's stored averages by how well they rank the "
+                  "images observed with that class (ROC AUC) and scale the class's spatial term by a gate in [0, 1]; "
+                  "the crop-negative mask acts only on classes whose gate is at least crop_negative_min_gate. A bank "
+                  "written by a network that has not learnt yet then changes nothing (docs/method.md)."},
+    )
+    reliability_low: float = field(
+        default=0.7, metadata={"help": "Reliability gate: AUC at which a class's gate opens (0 below)."}
+    )
+    reliability_high: float = field(
+        default=0.9, metadata={"help": "Reliability gate: AUC from which a class's gate is fully open (1)."}
+    )
+    crop_negative_min_gate: float = field(
+        default=0.5, metadata={"help": "Reliability gate: the crop-negative mask acts on classes with a gate ≥ this."}
+    )
     spatial_target_temperature: float = field(
         default=1.0, metadata={"help": "Sharpen the stored heatmaps before they become targets (T < 1 sharpens)."}
     )
@@ -165,6 +181,8 @@ class SCLConfig(TrainingArguments):
             raise ValueError("need 0 < crop_scale_min <= crop_scale_max <= 1")
         if self.bank_layout not in ("dense", "sparse"):
             raise ValueError(f"bank_layout must be 'dense' or 'sparse', got {self.bank_layout!r}")
+        if not 0.0 <= self.reliability_low < self.reliability_high <= 1.0:
+            raise ValueError("need 0 <= reliability_low < reliability_high <= 1 (AUC values)")
         if self.bank_top_k < 1:
             raise ValueError(f"bank_top_k must be at least 1, got {self.bank_top_k}")
         if self.empty_class_policy not in ("zero", "skip"):

@@ -16,11 +16,13 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.utils import broadcast_object_list
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.utils import logging
 
 from .bank import BankHeader, SCLBank, check_free_space, first_occurrence, open_bank
 from .bank_snapshot import Snapshot, restore_snapshot, save_snapshot
@@ -32,7 +34,9 @@ from .losses import (
     crop_corrected_weights,
     expected_negatives_ignore,
     observed_one_hot,
+    observed_positive_auc,
     options_from_config,
+    reliability_gate,
     sharpen,
     spatial_consistency_loss,
 )
@@ -65,7 +69,19 @@ class _LossStateGrads(TrainerCallback):
             self.trainer.loss_state.zero_grad(set_to_none=True)
 
 
+logger = logging.get_logger(__name__)
+class _BankReliability(TrainerCallback):
+    """At each epoch's end, after its last bank write: how far each class's stored averages can be trusted."""
+
+    def __init__(self, trainer: SCLTrainer):
+        self.trainer = trainer
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.trainer.refresh_class_gate()
+
+
 LOSS_STATE_FILE = "scl_loss_state.safetensors"
+GATE_FILE = "scl_reliability.safetensors"
 FULL_LABELS_WARNING = "method='full' trains on the full labels: an upper bound, not single-positive learning"
 
 
@@ -116,7 +132,8 @@ class SCLTrainer(Trainer):
         super().__init__(
             model=model, args=args, data_collator=stack_batch, train_dataset=train_dataset,
             eval_dataset=eval_dataset, processing_class=processing_class, compute_metrics=compute_metrics,
-            callbacks=[_EpochSync(self.epoch_ref), _LossStateGrads(self), *(callbacks or [])], **kwargs,
+            callbacks=[_EpochSync(self.epoch_ref), _LossStateGrads(self), _BankReliability(self), *(callbacks or [])],
+            **kwargs,
         )
         self.model_accepts_loss_kwargs = False  # our loss is a mean per batch: let Trainer scale it for accumulation
         self.map_hook = attach_class_maps(self.model) if self.method.needs_heatmaps else None
@@ -125,6 +142,7 @@ class SCLTrainer(Trainer):
         self._loss_terms: dict[str, list[torch.Tensor]] = defaultdict(list)
         self.loss_options = options_from_config(args)
         self.loss_state = self._make_loss_state()
+        self.class_auc: torch.Tensor | None = None  # (C,) per-class reliability of the bank, set at epoch ends
 
     # ------------------------------------------------------------------ per-image state of a base loss (baselines.py)
     def _make_loss_state(self) -> torch.nn.Module | None:
@@ -240,13 +258,40 @@ class SCLTrainer(Trainer):
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+        self.warn_if_terms_never_act()
         self.setup_bank(resume_from_checkpoint or None)
         if self.loss_state is not None and resume_from_checkpoint:
             self._restore_loss_state(resume_from_checkpoint)
+        if resume_from_checkpoint and self.uses_reliability_gate:
+            self._restore_class_auc(resume_from_checkpoint)
         result = super().train(resume_from_checkpoint or None, trial, ignore_keys_for_eval, **kwargs)
         if self.bank is not None and self.bank.writable:
             self.bank.mark(self.state.epoch or 0.0, self.state.global_step)
         return result
+
+    def planned_epochs(self) -> float:
+        """Epochs this run will train: num_train_epochs, or max_steps over the steps of one epoch."""
+        if self.args.max_steps and self.args.max_steps > 0:
+            world = max(self.args.world_size, 1)
+            per_step = self.args.per_device_train_batch_size * world * self.args.gradient_accumulation_steps
+            steps_per_epoch = max(len(self.raw_train_dataset) // per_step if self.args.dataloader_drop_last
+                                  else math.ceil(len(self.raw_train_dataset) / per_step), 1)
+            return self.args.max_steps / steps_per_epoch
+        return float(self.args.num_train_epochs)
+
+    def warn_if_terms_never_act(self) -> None:
+        """A run no longer than the warm-up trains the base loss alone: say so rather than log no loss_scl."""
+        terms = sorted(self.method.terms)
+        epochs = self.planned_epochs()
+        if terms and epochs <= self.args.warmup_epochs + 1e-6:
+            message = (
+                f"method={self.args.method!r}: the consistency terms {terms} start after warmup_epochs="
+                f"{self.args.warmup_epochs:g}, but this run trains {epochs:g} epoch(s), so it trains the base loss "
+                f"{self.method.base!r} alone. Train longer or lower warmup_epochs (e.g. warmup_epochs="
+                f"{max(epochs - 1, 0):g})."
+            )
+            warnings.warn(message, UserWarning, stacklevel=3)
+            logger.warning(message)
 
     def end_training(self) -> None:
         """Wait for every process, let gloo's workers finish, then shut the process group down; call it last
@@ -272,6 +317,9 @@ class SCLTrainer(Trainer):
             if self.args.should_save:
                 folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
                 self._bank_snapshot = save_snapshot(self.bank, folder, self._bank_snapshot)
+        if self.uses_reliability_gate and self.args.should_save:
+            self._save_class_auc(os.path.join(self._get_output_dir(trial=trial),
+                                              f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"))
         if self.loss_state is not None and self.args.should_save:
             from safetensors.torch import save_file
 
@@ -280,6 +328,40 @@ class SCLTrainer(Trainer):
             tensors = {k: v.detach().contiguous().cpu() for k, v in self.loss_state.state_dict().items()}
             save_file(tensors, os.path.join(folder, LOSS_STATE_FILE))
         return super()._save_checkpoint(model, trial)
+
+    # ------------------------------------------------------------------ reliability of the bank (losses/reliability.py)
+    @property
+    def uses_reliability_gate(self) -> bool:
+        return self.method.needs_heatmaps and self.args.reliability_gate
+
+    def refresh_class_gate(self) -> None:
+        """Per-class AUC of the stored averages at ranking each class's observed positives first (whole bank)."""
+        if self.bank is None or not self.uses_reliability_gate:
+            return
+        labels = torch.as_tensor(self.raw_train_dataset[self.args.label_column], dtype=torch.long)
+        observed = observed_one_hot(labels, self.num_labels).bool()
+        scores = torch.from_numpy(np.asarray(self.bank.predictions, dtype=np.float32))
+        seen = torch.from_numpy(np.asarray(self.bank.seen) > 0)
+        self.class_auc = observed_positive_auc(scores, observed, seen).float()
+
+    def class_gate(self, device: torch.device) -> torch.Tensor:
+        """The gate of each class, 0 until a first epoch of the bank has been scored."""
+        if self.class_auc is None:
+            return torch.zeros(self.num_labels, device=device)
+        return reliability_gate(self.class_auc, self.args.reliability_low, self.args.reliability_high).to(device)
+
+    def _save_class_auc(self, folder: str) -> None:
+        from safetensors.torch import save_file
+
+        if self.class_auc is not None:
+            os.makedirs(folder, exist_ok=True)
+            save_file({"class_auc": self.class_auc.contiguous()}, os.path.join(folder, GATE_FILE))
+
+    def _restore_class_auc(self, checkpoint: str) -> None:
+        from safetensors.torch import load_file
+
+        path = os.path.join(checkpoint, GATE_FILE)
+        self.class_auc = load_file(path)["class_auc"] if os.path.isfile(path) else None
 
     # ------------------------------------------------------------------ loss
     def consistency_active(self) -> bool:
@@ -312,7 +394,9 @@ class SCLTrainer(Trainer):
         active = self.consistency_active()
         terms: dict[str, torch.Tensor] = {}
 
-        class_maps = map_targets = cell_weights = None
+        class_maps = map_targets = cell_weights = gate = None
+        if self.uses_reliability_gate and active:
+            gate = self.class_gate(logits.device)
         if self.method.needs_heatmaps:
             # the head runs per location outside model.forward, which accelerate wraps in autocast: under the
             # same autocast here, or bf16/fp16 features meet the fp32 head ("mat1 and mat2 must have the same dtype")
@@ -336,6 +420,8 @@ class SCLTrainer(Trainer):
             )
             if self.args.crop_corrected_positive:
                 context.element_weights = positive_weights
+            if gate is not None:  # the mask trusts the stored heat only for classes whose bank is reliable
+                crop_ignore &= (gate >= self.args.crop_negative_min_gate)[None, :]
             if self.method.info.crop_negative_mask:  # only hard-negative bases: for WAN/ROLE/EM the mask removes
                 ignore |= crop_ignore  # their own signal (wan+scl, role+scl, em-apl+scl fell; docs/method.md)
         terms["loss_base"] = BASE_LOSSES[self.method.base](logits, targets, context, ignore if ignore.any() else None)
@@ -353,7 +439,7 @@ class SCLTrainer(Trainer):
         if map_targets is not None:
             terms["loss_scl"] = spatial_consistency_loss(
                 class_maps, sharpen(map_targets, self.args.spatial_target_temperature), cell_weights,
-                self.args.spatial_loss,
+                self.args.spatial_loss, class_weights=gate,
             )
             if self.accelerator.num_processes > 1:
                 terms["loss_scl"] = terms["loss_scl"] * self._global_weight_share(cell_weights)
@@ -402,6 +488,9 @@ class SCLTrainer(Trainer):
                     mean = self.accelerator.reduce(mean.to(self.accelerator.device), reduction="mean")
                 logs[name] = round(mean.item(), 6)
             self._loss_terms.clear()
+            if self.class_auc is not None:  # how far the bank is trusted (reliability gate)
+                logs["bank_auc"] = round(self.class_auc.mean().item(), 4)
+                logs["bank_gate"] = round(self.class_gate(torch.device("cpu")).mean().item(), 4)
         super().log(logs, start_time)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

@@ -219,3 +219,54 @@ def test_end_training_shuts_the_process_group_down(tiny_synthetic, tmp_path):
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("epochs, max_steps, warns", [(2, -1, True), (3, -1, False), (1, 6, True), (3, 9, False)])
+def test_a_run_within_the_warm_up_says_the_terms_never_act(epochs, max_steps, warns, tiny_synthetic, tmp_path):
+    """24 rows, batch 8: 3 steps an epoch; warm-up 2 epochs. max_steps 6 is 2 epochs (warns), 9 is 3 (does not)."""
+    import warnings
+
+    num_labels = len(tiny_synthetic["train"].features["label"].names)
+    args = make_args(tmp_path, method="scl", num_train_epochs=epochs, max_steps=max_steps, warmup_epochs=2)
+    trainer = SCLTrainer(model=create_model("resnet18", num_labels=num_labels), args=args,
+                         train_dataset=tiny_synthetic["train"])
+    assert trainer.planned_epochs() == (epochs if max_steps < 0 else max_steps / 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.warn_if_terms_never_act()
+    messages = [str(w.message) for w in caught if "warmup_epochs" in str(w.message)]
+    assert bool(messages) == warns
+    if warns:
+        assert "trains the base loss 'an' alone" in messages[0] and "['scl']" in messages[0]
+
+
+def test_tiny_cli_run_trains_the_spatial_term(tmp_path):
+    """`scl-hf train synthetic --tiny` (2 epochs) uses a 1-epoch warm-up, so loss_scl is logged."""
+    import json
+
+    from scl_hf.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "synthetic", "--tiny", "--output_dir", str(run)]) == 0
+    state = json.loads(next(run.glob("checkpoint-*/trainer_state.json")).read_text())
+    assert any("loss_scl" in h for h in state["log_history"])
+
+
+def test_reliability_gate_scores_the_bank_each_epoch_and_scales_the_spatial_term(tiny_synthetic, tmp_path):
+    num_labels = len(tiny_synthetic["train"].features["label"].names)
+
+    def run(low, high, name):
+        torch.manual_seed(0)
+        args = make_args(tmp_path / name, method="scl", num_train_epochs=3, reliability_low=low, reliability_high=high)
+        trainer = SCLTrainer(model=create_model("resnet18", num_labels=num_labels), args=args,
+                             train_dataset=tiny_synthetic["train"])
+        trainer.train()
+        return trainer
+
+    closed = run(0.99, 1.0, "closed")  # a gate no bank opens: the spatial term is there but weighs nothing
+    assert closed.class_auc is not None and closed.class_auc.shape == (num_labels,)
+    assert ((closed.class_auc >= 0) & (closed.class_auc <= 1)).all()
+    assert loss_history(closed, "loss_scl") and max(loss_history(closed, "loss_scl")) == 0.0
+    assert loss_history(closed, "bank_auc")
+    opened = run(0.0, 0.01, "open")  # any AUC above 0.01 opens it fully
+    assert max(loss_history(opened, "loss_scl")) > 0.0

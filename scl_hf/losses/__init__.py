@@ -24,6 +24,7 @@ from .registry import (
     parse_method,
     register_base_loss,
 )
+from .reliability import observed_positive_auc, reliability_gate
 from .terms import (
     consistency_loss,
     crop_corrected_weights,
@@ -35,6 +36,6 @@ from .terms import (
 __all__ = [
     "BASELINE_DEFAULTS", "BASE_LOSSES", "assume_negative_loss", "BASE_LOSS_INFO", "CONSISTENCY_TERMS", "DATASET_DEFAULTS", "BaseLossInfo",
     "LossContext", "MethodSpec", "consistency_loss", "crop_corrected_weights", "expected_negatives_ignore",
-    "masked_mean", "observed_one_hot", "options_from_config", "parse_method", "register_base_loss", "sharpen",
+    "masked_mean", "observed_one_hot", "observed_positive_auc", "reliability_gate", "options_from_config", "parse_method", "register_base_loss", "sharpen",
     "spatial_consistency_loss", "validate_options",
 ]

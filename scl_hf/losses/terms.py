@@ -53,11 +53,14 @@ def sharpen(probs: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def spatial_consistency_loss(
-    class_maps: torch.Tensor, map_targets: torch.Tensor, cell_weights: torch.Tensor, form: str = "bce"
+    class_maps: torch.Tensor, map_targets: torch.Tensor, cell_weights: torch.Tensor, form: str = "bce",
+    class_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-cell loss between the current class maps (logits) and the stored heatmaps cut under the crop.
 
-    Weighted by the observed fraction of each cell; cells never observed before carry no loss.
+    Weighted by the observed fraction of each cell; cells never observed before carry no loss. `class_weights`
+    (C,) scale each class's share (the reliability gate) without renormalising: a bank trusted for no class
+    gives no spatial loss at all.
     """
     map_targets = map_targets.to(class_maps.dtype)
     if form == "bce":
@@ -67,4 +70,7 @@ def spatial_consistency_loss(
     else:
         raise ValueError(f"unknown spatial loss form {form!r}; use 'bce' or 'mse'")
     weights = cell_weights.to(class_maps.dtype)[:, None].expand_as(values)
-    return (values * weights).sum() / weights.sum().clamp_min(1e-6)
+    total = weights.sum().clamp_min(1e-6)
+    if class_weights is not None:
+        weights = weights * class_weights.to(class_maps.dtype)[None, :, None, None]
+    return (values * weights).sum() / total
