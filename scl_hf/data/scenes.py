@@ -206,6 +206,13 @@ def _render_digits(rng, spec: SceneSpec, frequencies, contexts, photos, scans, s
     return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8)), classes, boxes
 
 
+def digit_scan_pools(num_scans: int, seed: int, test_share: float = 0.3) -> dict[str, np.ndarray]:
+    """Which digit scans each split draws from: the test split's scans are never seen in training."""
+    order = np.random.default_rng(seed).permutation(num_scans)
+    cut = int(round((1 - test_share) * num_scans))
+    return {"train": order[:cut], "validation": order[:cut], "test": order[cut:]}
+
+
 def _split(rows, names: list[str], sampling_seed: int) -> datasets.Dataset:
     images, labels, boxes = [], [], []
     for image, classes, class_boxes in rows:
@@ -228,9 +235,7 @@ def _make(kind: str, sizes: dict[str, int], spec: SceneSpec, seed: int) -> datas
     photos = _photos()
     if kind == "digits":
         scans, scan_labels = _load_digits()
-        held = np.random.default_rng(seed).permutation(len(scans))
-        cut = int(0.7 * len(scans))
-        pools = {"train": held[:cut], "validation": held[:cut], "test": held[cut:]}  # test scans never trained on
+        pools = digit_scan_pools(len(scans), seed)
         names = [str(d) for d in range(10)]
     else:
         names = clutter_class_names(spec.num_classes)
