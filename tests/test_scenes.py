@@ -5,8 +5,8 @@ import pytest
 
 from scl_hf.data.scenes import (
     SceneSpec,
-    digit_scan_pools,
     clutter_class_names,
+    digit_scan_pools,
     long_tail_frequencies,
     make_clutter_scenes,
     make_digit_scenes,
