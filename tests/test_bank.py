@@ -285,11 +285,11 @@ def test_bank_nbytes_matches_the_files(tmp_path, with_heatmaps):
     header = make_header(num_rows=num_rows, num_classes=num_classes, size=size, with_heatmaps=with_heatmaps)
     SCLBank.create(tmp_path, header)
     files = sorted(tmp_path.glob("*.npy"))
-    assert len(files) == (4 if with_heatmaps else 2)
+    assert len(files) == (5 if with_heatmaps else 3)  # predictions, seen, stamps (+ heatmaps, coverage)
     data_bytes = sum(f.stat().st_size - npy_data_offset(f) for f in files)
     predicted = bank_nbytes(num_rows, num_classes, size, with_heatmaps)
     assert data_bytes == predicted
-    by_hand = num_rows * num_classes * 4 + num_rows * 2
+    by_hand = num_rows * num_classes * 4 + num_rows * 2 * 2  # seen and stamps: uint16 each
     if with_heatmaps:
         by_hand += num_rows * num_classes * size * size * 2 + num_rows * size * size
     assert predicted == by_hand

@@ -140,7 +140,7 @@ def _one_step_with_stored_heat(tiny_synthetic, tmp_path, method: str, threshold:
     model = create_model("resnet18", num_labels=5)
     args = make_args(tmp_path / f"{method}-{threshold}", method=method, warmup_epochs=0, crop_negative_threshold=threshold)
     trainer = SCLTrainer(model=model, args=args, train_dataset=tiny_synthetic["train"])
-    bank = trainer.setup_bank()
+    bank = trainer.setup_bank().store
     bank.heatmaps[:] = np.broadcast_to(heat, bank.heatmaps.shape)
     bank.coverage[:] = 1
     batch = next(iter(trainer.get_train_dataloader()))

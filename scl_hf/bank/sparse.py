@@ -23,10 +23,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .bank import SCLBank, _take_rows
+from .dense import SCLBank, _take_rows
 from .geometry import paste_crop, spatial_targets
+from .layouts import register_layout
 
 
+@register_layout("sparse")
 class SparseSCLBank(SCLBank):
     """SCLBank with the top-k + observed heatmap layout; same reading and updating interface."""
 
@@ -65,11 +67,12 @@ class SparseSCLBank(SCLBank):
         map_probs: torch.Tensor | None = None,
         heatmap_momentum: float | None = None,
         labels: torch.Tensor | None = None,
+        epoch: int | None = None,
     ) -> None:
         if map_probs is not None and labels is None:
             raise ValueError("the sparse bank keeps the observed class's heatmap: pass labels= to update()")
         idx = self._check_writable(indices)
-        seen_before = self._update_predictions(idx, probs, momentum)
+        seen_before = self._update_predictions(idx, probs, momentum, epoch)
         if map_probs is None:
             return
         running = torch.from_numpy(self.predictions[idx])  # P̄ after this step's update ranks the classes
