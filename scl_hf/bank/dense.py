@@ -72,15 +72,29 @@ class SCLBank:
 
     def read_spatial(
         self, indices: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, out_size: tuple[int, int],
-        device: torch.device | str | None = None,
+        device: torch.device | str | None = None, cache: dict | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Stored heatmaps cut under each view's crop: targets (B, C, h, w) and weights (B, h, w), on `device`
-        (default: CPU) — the sparse layout builds its dense targets there."""
-        idx = indices.cpu().numpy()
-        heat = torch.from_numpy(_take_rows(self.heatmaps, idx))
-        coverage = torch.from_numpy(_take_rows(self.coverage, idx))
-        targets, weights = spatial_targets(heat, coverage, boxes.cpu(), flips.cpu(), out_size)
-        return (targets.to(device), weights.to(device)) if device is not None else (targets, weights)
+        (default: CPU). The rows travel to the device (pinned, non-blocking) and are cut there."""
+        heat, coverage = self.rows_on(device, indices, "heatmaps", "coverage", cache=cache)
+        boxes, flips = boxes.to(heat.device, non_blocking=True), flips.to(heat.device, non_blocking=True)
+        return spatial_targets(heat, coverage, boxes, flips, out_size)
+
+    def rows_on(self, device: torch.device | str | None, indices: torch.Tensor, *names: str,
+                 cache: dict | None = None) -> list[torch.Tensor]:
+        """These rows of these arrays as tensors on `device`: through pinned memory when it is a GPU. `cache`
+        (a dict for one batch's rows): rows read once serve the step's read and its write."""
+        cache = {} if cache is None else cache
+        missing = [name for name in names if name not in cache]
+        if missing:
+            idx = indices.cpu().numpy()
+            rows = [torch.from_numpy(_as_torch_dtype(_take_rows(self.arrays[name], idx))) for name in missing]
+            if device is not None and torch.device(device).type != "cpu":
+                if torch.cuda.is_available():
+                    rows = [row.pin_memory() for row in rows]
+                rows = [row.to(device, non_blocking=True) for row in rows]
+            cache.update(zip(missing, rows, strict=True))
+        return [cache[name] for name in names]
 
     # ----------------------------------------------------------------- writing
     def update(
@@ -95,52 +109,78 @@ class SCLBank:
         labels: torch.Tensor | None = None,
         epoch: int | None = None,
     ) -> None:
-        """EMA update of the rows in `indices` (unique) with this step's probabilities and class maps.
+        """EMA update of the rows in `indices` (unique) with this step's probabilities and class maps:
+        `new_rows` then `store_rows`, in one process.
 
         `labels` (the observed class of each row) is only needed by the sparse layout, which always keeps it.
         `epoch` is stamped on the rows (stamps.npy), so that a repeat of a row later in the epoch can be told.
         """
-        idx = self._check_writable(indices)
-        self._update_predictions(idx, probs, momentum, epoch)
-        if map_probs is not None and self.heatmaps is not None:
-            maps, boxes, flips = map_probs.detach().cpu(), boxes.cpu(), flips.cpu()
-            for start in range(0, len(idx), UPDATE_CHUNK):  # cache-sized pieces: 128 rows at once cost 2.3x 64
-                part, rows_idx = slice(start, start + UPDATE_CHUNK), idx[start:start + UPDATE_CHUNK]
-                rows, coverage = paste_crop(
-                    torch.from_numpy(_take_rows(self.heatmaps, rows_idx)),
-                    torch.from_numpy(_take_rows(self.coverage, rows_idx)),
-                    maps[part], boxes[part], flips[part],
-                    momentum if heatmap_momentum is None else heatmap_momentum,
-                )
-                self.heatmaps[rows_idx] = rows.half().numpy()  # torch converts to fp16 ~20x faster than numpy
-                self.coverage[rows_idx] = coverage.numpy()
+        self._check_writable(indices, mark=False)
+        rows = self.new_rows(indices, probs, momentum, boxes, flips, map_probs, heatmap_momentum, labels)
+        self.store_rows(indices, rows, epoch)
 
-    def _check_writable(self, indices: torch.Tensor) -> np.ndarray:
-        """Validate before touching anything, then mark the bank dirty (once per clean period)."""
+    @torch.no_grad()
+    def new_rows(
+        self,
+        indices: torch.Tensor,
+        probs: torch.Tensor,
+        momentum: float,
+        boxes: torch.Tensor | None = None,
+        flips: torch.Tensor | None = None,
+        map_probs: torch.Tensor | None = None,
+        heatmap_momentum: float | None = None,
+        labels: torch.Tensor | None = None,
+        cache: dict | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The rows' values after this step's update, computed on the device of `probs` and not stored:
+        any process can compute them for its own rows (shared.py), and the writer only stores them.
+
+        P̄ ← m·P̄ + (1−m)·p (first observation: p), the count + 1, and the class maps pasted into the heatmaps
+        under each crop (geometry.paste_crop), in cache-sized chunks of rows on the CPU."""
+        device = probs.device
+        old, seen = self.rows_on(device, indices, "predictions", "seen", cache=cache)
+        seen = seen.long()
+        new = probs.detach().float()
+        rows = {"predictions": torch.where((seen == 0)[:, None], new, momentum * old + (1.0 - momentum) * new),
+                "seen": (seen + 1).clamp_max(np.iinfo(np.uint16).max).to(torch.int32)}
+        if map_probs is not None and self.heatmaps is not None:
+            rows.update(self._pasted(indices, boxes, flips, map_probs.detach(),
+                                     momentum if heatmap_momentum is None else heatmap_momentum, cache))
+        return rows
+
+    def _pasted(self, indices, boxes, flips, maps, momentum, cache=None) -> dict[str, torch.Tensor]:
+        heat, coverage = self.rows_on(maps.device, indices, "heatmaps", "coverage", cache=cache)
+        boxes, flips = boxes.to(maps.device), flips.to(maps.device)
+        step = UPDATE_CHUNK if maps.device.type == "cpu" else len(indices)  # 128 rows at once cost 2.3x 64 on a CPU
+        pieces = [paste_crop(heat[i:i + step], coverage[i:i + step], maps[i:i + step], boxes[i:i + step],
+                             flips[i:i + step].bool(), momentum) for i in range(0, len(indices), step)]
+        return {"heatmaps": torch.cat([rows.half() for rows, _ in pieces]),  # torch's fp16 conversion: ~20x numpy's
+                "coverage": torch.cat([cov for _, cov in pieces])}
+
+    def store_rows(self, indices: torch.Tensor, rows: dict[str, torch.Tensor], epoch: int | None = None) -> None:
+        """Write values computed by `new_rows` (of these unique rows) into the files; stamp them with `epoch`."""
+        idx = self._check_writable(indices)
+        for name, values in rows.items():
+            array = self.arrays[name]
+            array[idx] = values.cpu().numpy().astype(array.dtype, copy=False)
+        if epoch is not None:
+            self.arrays["stamps"][idx] = epoch + 1
+
+    def _check_writable(self, indices: torch.Tensor, mark: bool = True) -> np.ndarray:
+        """Validate before touching anything, then (`mark`) mark the bank dirty (once per clean period)."""
         if not self.writable:
             raise RuntimeError("this process opened the bank read-only; only the local main process writes")
         idx = indices.cpu().numpy().astype(np.int64, copy=False)
         if len(np.unique(idx)) != len(idx):
             raise ValueError("bank update needs unique row indices; de-duplicate gathered rows first")
+        if not mark:
+            return idx
         if self._clean:
             self.header.dirty = True
             write_header(self.folder, self.header, durable=True)
             self._clean = False
         self.written_rows[idx] = True
         return idx
-
-    def _update_predictions(self, idx: np.ndarray, probs: torch.Tensor, momentum: float,
-                            epoch: int | None = None) -> np.ndarray:
-        """P̄ ← m·P̄ + (1−m)·p (first observation: p); returns the rows' previous observation counts."""
-        old = self.predictions[idx]
-        seen = self.seen[idx]
-        new = probs.detach().float().cpu().numpy()
-        blended = np.where((seen == 0)[:, None], new, momentum * old + (1.0 - momentum) * new)
-        self.predictions[idx] = blended.astype(np.float32)
-        self.seen[idx] = np.minimum(seen.astype(np.int64) + 1, np.iinfo(np.uint16).max).astype(np.uint16)
-        if epoch is not None:
-            self.arrays["stamps"][idx] = epoch + 1
-        return seen
 
     def mark(self, epoch: float, global_step: int) -> None:
         """Flush the maps and record how far training got (the header is what a resume checks)."""
@@ -182,3 +222,8 @@ def _take_rows(array: np.ndarray, idx: np.ndarray) -> np.ndarray:
     out = np.empty_like(rows)
     out[order] = rows
     return out
+
+
+def _as_torch_dtype(array: np.ndarray) -> np.ndarray:
+    """uint16 (counts, stamps) as int32: torch has few uint16 kernels."""
+    return array.astype(np.int32) if array.dtype == np.uint16 else array

@@ -11,6 +11,7 @@ the global batch. The layouts (dense.py, sparse.py) know none of this. The proto
 
 from __future__ import annotations
 
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ class BankRead:
     seen: torch.Tensor | None = None  # (B,) observations so far
     targets: torch.Tensor | None = None  # (B, C, h, w) stored heatmaps cut under the crop
     weights: torch.Tensor | None = None  # (B, h, w) observed fraction of each cell
+    rows: dict | None = None  # the raw bank rows read for this batch, on its device: `write` starts from them
 
 
 class SharedBank:
@@ -47,6 +49,9 @@ class SharedBank:
         self.header = header
         self.momentum, self.heatmap_momentum = momentum, heatmap_momentum
         self.snapshot = snapshot
+        self._writer: threading.Thread | None = None  # this step's store, running while the backward does
+        self._writer_error: BaseException | None = None
+        self._unsettled = False  # a write was issued since the last barrier
 
     # ------------------------------------------------------------------ set up or resume
     @classmethod
@@ -78,40 +83,61 @@ class SharedBank:
     def read(self, inputs: dict, epoch: int, out_size: tuple[int, int] | None, device: torch.device) -> BankRead:
         """This process's rows: P̄ and counts, and (with `out_size`, the class maps' h × w) the heatmaps cut
         under each view's crop. Every read of a step sees every write of the steps before it (docs/bank.md)."""
-        indices = inputs["index"]
-        running, seen, stamps = self.store.read_predictions(indices, with_stamps=True)
-        fresh = (stamps != epoch + 1).to(device)
+        self.settle()
+        indices, cache = inputs["index"], {}
+        running, seen, stamps = self.store.rows_on(device, indices, "predictions", "seen", "stamps", cache=cache)
+        fresh = stamps != epoch + 1
         targets = weights = None
         if out_size is not None and self.store.heatmaps is not None:
             targets, weights = self.store.read_spatial(indices, inputs["boxes"], inputs["flips"], out_size,
-                                                       device=device)
-        return BankRead(fresh, running.to(device), seen.to(device), targets, weights)
+                                                       device=device, cache=cache)
+        return BankRead(fresh, running, seen.long(), targets, weights, cache)
 
     @torch.no_grad()
     def write(self, inputs: dict, logits: torch.Tensor, class_maps: torch.Tensor | None, read: BankRead,
               epoch: int) -> None:
         """Gather this step's rows from every process, keep each image once (first copy in the step, and not
-        at all when it was already written this epoch), write on each node's local main, then a barrier:
-        the next step's reads see this step's writes."""
-        payload = {"indices": inputs["index"], "probs": torch.sigmoid(logits), "boxes": inputs["boxes"],
-                   "flips": inputs["flips"].to(torch.uint8), "labels": inputs["label"],
-                   "fresh": read.fresh.to(torch.uint8)}
-        if class_maps is not None:
-            payload["maps"] = torch.sigmoid(class_maps).half()
-        several = self.accelerator.num_processes > 1
-        if several:
-            payload = {k: self.accelerator.gather(v.contiguous()) for k, v in payload.items()}
-        if self.store.writable:
-            keep = first_occurrence(payload["indices"])
-            keep = keep[payload["fresh"][keep].bool().cpu()]
-            rows = {k: v[keep] for k, v in payload.items()}
-            self.store.update(
-                rows["indices"], rows["probs"], self.momentum, boxes=rows["boxes"], flips=rows["flips"].bool(),
-                map_probs=rows.get("maps"), heatmap_momentum=self.heatmap_momentum, labels=rows["labels"],
-                epoch=epoch,
-            )
-        if several:
-            self.accelerator.wait_for_everyone()  # the next step's reads must see this step's writes
+        at all when it was already written this epoch), and hand them to a writer thread on each node's
+        local main: the store runs while the backward does. The next `read` (or `save`, `close`) waits for
+        it and then for every process (`settle`), so the next step's reads see this step's writes."""
+        probs = torch.sigmoid(logits.detach())
+        maps = None if class_maps is None else torch.sigmoid(class_maps.detach())
+        rows = self.store.new_rows(inputs["index"], probs, self.momentum, inputs["boxes"], inputs["flips"], maps,
+                                   self.heatmap_momentum, inputs["label"], cache=read.rows)  # own rows, own device
+        rows.update(indices=inputs["index"], fresh=read.fresh)
+        if self.accelerator.num_processes > 1:
+            rows = gather_packed(self.accelerator, rows)  # one collective for everything
+        if self.store.writable:  # the de-dup and the device-to-host copy wait for the device: in the thread
+            self._writer = threading.Thread(target=self._store, args=(rows, epoch), name="scl-bank-writer", daemon=True)
+            self._writer.start()
+        self._unsettled = True
+
+    def _store(self, rows: dict, epoch: int) -> None:
+        """Keep each image once — its first copy in the step, and only when not written earlier in the epoch —
+        and store the rows (on the writer thread)."""
+        try:
+            rows = {k: v.cpu() for k, v in rows.items()}
+            indices, fresh = rows.pop("indices"), rows.pop("fresh")
+            keep = first_occurrence(indices)
+            keep = keep[fresh[keep].bool()]
+            self.store.store_rows(indices[keep], {k: v[keep] for k, v in rows.items()}, epoch)
+        except BaseException as err:  # re-raised in the training thread by settle()
+            self._writer_error = err
+
+    def settle(self) -> None:
+        """Wait for the last write (the writer thread), then for every process: after this, every process
+        reads what every earlier step wrote. A no-op when nothing was written since the last settle."""
+        if not self._unsettled:
+            return
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        self._unsettled = False
+        if self._writer_error is not None:
+            error, self._writer_error = self._writer_error, None
+            raise RuntimeError("the bank's writer thread failed; the bank is marked dirty") from error
+        if self.accelerator.num_processes > 1:
+            self.accelerator.wait_for_everyone()
 
     def weight_share(self, weights: torch.Tensor) -> torch.Tensor:
         """P·Σw_local / Σw_all: turns this process's weighted mean into its share of the weighted mean over the
@@ -126,13 +152,15 @@ class SharedBank:
     def save(self, checkpoint_dir: str | Path, epoch: float, global_step: int, should_save: bool) -> None:
         """A clean point on every node's writer; the process that saves the checkpoint snapshots the bank
         into `checkpoint_dir/scl_bank` (checksummed, sharing no file with other checkpoints)."""
+        self.settle()
         if self.store.writable:
             self.store.mark(epoch, global_step)
             if should_save:
                 self.snapshot = save_snapshot(self.store, checkpoint_dir, self.snapshot)
 
     def close(self, epoch: float, global_step: int) -> None:
-        """The end of training: data flushed, header clean, pages released."""
+        """The end of training: the last write done, data flushed, header clean, pages released."""
+        self.settle()
         if self.store.writable:
             self.store.mark(epoch, global_step)
 
@@ -156,6 +184,23 @@ def check_node_local(accelerator, folder: Path) -> None:
             f"bank_dir {folder} is shared by several nodes; each node must keep its own copy on "
             "node-local disk (docs/bank.md): set SCLConfig.bank_dir to a local path such as /tmp/scl_bank."
         )
+
+
+def gather_packed(accelerator, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """All-gather several (B, ...) tensors of any dtypes as one (B, bytes) uint8 tensor: one collective."""
+    names = sorted(tensors)
+    batch = len(tensors[names[0]])
+    parts = [tensors[name].contiguous().reshape(batch, -1) for name in names]
+    parts = [part.view(torch.uint8) if part.dtype != torch.bool else part.to(torch.uint8) for part in parts]
+    gathered = accelerator.gather(torch.cat(parts, dim=1))
+    out, start = {}, 0
+    for name, part in zip(names, parts, strict=True):
+        piece = gathered[:, start:start + part.shape[1]].contiguous()
+        start += part.shape[1]
+        source = tensors[name]
+        piece = piece.bool() if source.dtype == torch.bool else piece.view(source.dtype)
+        out[name] = piece.reshape(len(gathered), *source.shape[1:])
+    return out
 
 
 def first_occurrence(indices: torch.Tensor) -> torch.Tensor:
