@@ -87,6 +87,13 @@ class SCLTrainer(Trainer):
                  compute_metrics=None, callbacks=None, **kwargs):
         if not isinstance(args, SCLConfig):
             raise TypeError("SCLTrainer needs an SCLConfig (it extends TrainingArguments with the method's options)")
+        if args.n_gpu > 1:  # Trainer would wrap the model in nn.DataParallel: replicas share one map hook
+            raise ValueError(
+                f"SCLTrainer runs one process per device; this process sees {args.n_gpu} GPUs, for which Trainer "
+                "would use nn.DataParallel. Launch one process per GPU instead: `accelerate launch --multi_gpu "
+                f"--num_processes {args.n_gpu} your_script.py` (or torchrun), or pick one GPU with "
+                "CUDA_VISIBLE_DEVICES=0."
+            )
         self.method = args.method_spec
         self.num_labels = model.config.num_labels
         id2label = {int(k): v for k, v in getattr(model.config, "id2label", {}).items()}
@@ -115,13 +122,6 @@ class SCLTrainer(Trainer):
             eval_dataset=eval_dataset, processing_class=processing_class, compute_metrics=compute_metrics,
             callbacks=[_EpochSync(self.epoch_ref), _LossStateGrads(self), *(callbacks or [])], **kwargs,
         )
-        if self.args.n_gpu > 1:  # Trainer would wrap the model in nn.DataParallel: replicas share one map hook
-            raise ValueError(
-                f"SCLTrainer runs one process per device; this process sees {self.args.n_gpu} GPUs, for which Trainer "
-                "would use nn.DataParallel. Launch one process per GPU instead: `accelerate launch --multi_gpu "
-                f"--num_processes {self.args.n_gpu} your_script.py` (or torchrun), or pick one GPU with "
-                "CUDA_VISIBLE_DEVICES=0."
-            )
         self.model_accepts_loss_kwargs = False  # our loss is a mean per batch: let Trainer scale it for accumulation
         self.map_hook = attach_class_maps(self.model) if self.method.needs_heatmaps else None
         self.bank: SharedBank | None = None

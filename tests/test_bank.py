@@ -293,3 +293,24 @@ def test_bank_nbytes_matches_the_files(tmp_path, with_heatmaps):
     if with_heatmaps:
         by_hand += num_rows * num_classes * size * size * 2 + num_rows * size * size
     assert predicted == by_hand
+
+
+def test_row_gradient_mean_equals_the_dense_all_reduce_mean():
+    """ROLE's table gradient averaged from the batch rows only equals the mean of the dense (N, C) gradients,
+    with a row twice in one process's batch and a row in both processes' batches. The all-gather is played by
+    recording process 1's sends and handing them to process 0 (the order a real gather concatenates)."""
+    from scl_hf.bank import row_gradient_mean
+
+    gen = torch.Generator().manual_seed(0)
+    n, c = 12, 3
+    batches = [torch.tensor([1, 4, 4, 7]), torch.tensor([7, 2, 9, 0])]
+    grads = []
+    for idx in batches:  # autograd's dense gradient of table[idx]: the rows' contributions summed
+        grad = torch.zeros(n, c)
+        grad.index_add_(0, idx, torch.randn(len(idx), c, generator=gen))
+        grads.append(grad)
+    sent = []
+    row_gradient_mean(grads[1], batches[1], lambda t: sent.append(t) or torch.cat([t, t]))
+    received = iter(sent)
+    mean = row_gradient_mean(grads[0], batches[0], lambda t: torch.cat([t, next(received)]))
+    torch.testing.assert_close(mean, (grads[0] + grads[1]) / 2, rtol=0, atol=1e-6)

@@ -219,3 +219,18 @@ def test_end_training_shuts_the_process_group_down(tiny_synthetic, tmp_path):
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def test_one_process_over_several_gpus_is_refused_with_the_launch_command(tiny_synthetic, tmp_path):
+    """Trainer would wrap the model in nn.DataParallel, whose replicas share one class-map hook: refused at once.
+    A config that reports two GPUs stands in for a two-GPU host (this machine has none)."""
+    from scl_hf import SCLConfig
+
+    class TwoGPUConfig(SCLConfig):
+        @property
+        def n_gpu(self) -> int:
+            return 2
+
+    args = TwoGPUConfig(**{**make_args(tmp_path).to_dict(), "output_dir": str(tmp_path / "dp")})
+    with pytest.raises(ValueError, match=r"accelerate launch --multi_gpu --num_processes 2"):
+        SCLTrainer(model=create_model("resnet18", num_labels=5), args=args, train_dataset=tiny_synthetic["train"])
