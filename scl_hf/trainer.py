@@ -291,6 +291,15 @@ class SCLTrainer(Trainer):
         progress = ((self.state.epoch or 0.0) - self.args.warmup_epochs) / self.args.consistency_rampup_epochs
         return min(max(progress, 0.0), 1.0)
 
+    def _prepare_inputs(self, inputs: dict) -> dict:
+        """As Trainer's, keeping the row indices on the host too: the bank reads its rows by them, and copying
+        them back from an accelerator would wait for the queued forward pass (a host sync)."""
+        host_index = inputs.get("index")
+        inputs = super()._prepare_inputs(inputs)
+        if isinstance(host_index, torch.Tensor):
+            inputs["index_host"] = host_index.cpu()
+        return inputs
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """forward → bank.read → loss terms → bank.write."""
         if "index" not in inputs:

@@ -314,3 +314,20 @@ def test_row_gradient_mean_equals_the_dense_all_reduce_mean():
     received = iter(sent)
     mean = row_gradient_mean(grads[0], batches[0], lambda t: torch.cat([t, next(received)]))
     torch.testing.assert_close(mean, (grads[0] + grads[1]) / 2, rtol=0, atol=1e-6)
+
+
+def test_packed_rows_round_trip_every_dtype():
+    """The one collective of a bank write carries every tensor as bytes: unpacking gives them back exactly."""
+    from scl_hf.bank import pack_rows, unpack_rows
+
+    gen = torch.Generator().manual_seed(0)
+    rows = {"predictions": torch.rand(5, 3, generator=gen), "heatmaps": torch.rand(5, 3, 2, 2, generator=gen).half(),
+            "coverage": torch.randint(0, 255, (5, 2, 2), generator=gen).to(torch.uint8),
+            "indices": torch.arange(5) * 10**10, "fresh": torch.tensor([True, False, True, True, False]),
+            "seen": torch.randint(0, 9, (5,), generator=gen).to(torch.int32)}
+    packed, layout = pack_rows(rows)
+    assert packed.dtype == torch.uint8 and packed.shape == (5, 12 + 24 + 4 + 8 + 1 + 4)
+    twice = unpack_rows(torch.cat([packed, packed]), layout)  # what a 2-process gather returns
+    for name, tensor in rows.items():
+        assert twice[name].dtype == tensor.dtype
+        assert torch.equal(twice[name], torch.cat([tensor, tensor])), name

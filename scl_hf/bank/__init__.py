@@ -28,7 +28,15 @@ from .files import (
     write_header,
 )
 from .layouts import LAYOUTS, create_bank, layout_class, open_bank, register_layout
-from .shared import BankRead, SharedBank, first_occurrence, row_gradient_mean
+from .shared import (
+    BankRead,
+    SharedBank,
+    first_occurrence,
+    gather_packed,
+    pack_rows,
+    row_gradient_mean,
+    unpack_rows,
+)
 from .snapshots import MANIFEST_NAME, SNAPSHOT_DIR, Snapshot, restore_snapshot, save_snapshot, verify_snapshot
 from .sparse import SparseSCLBank, assign_slots, slots_to_dense
 
@@ -36,7 +44,7 @@ __all__ = [
     "BANK_FORMAT_VERSION", "HEADER_NAME", "LAYOUTS", "MANIFEST_NAME", "RECOVERY", "SNAPSHOT_DIR", "BankCorruptError",
     "BankHeader", "BankMismatchError", "BankRead", "SCLBank", "SharedBank", "Snapshot", "SparseSCLBank",
     "array_specs", "assign_slots", "bank_nbytes", "check_compatible", "check_files", "check_free_space",
-    "create_bank", "file_checksum", "first_occurrence", "header_nbytes", "layout_class", "npy_layout", "open_bank",
+    "create_bank", "file_checksum", "first_occurrence", "gather_packed", "pack_rows", "unpack_rows", "header_nbytes", "layout_class", "npy_layout", "open_bank",
     "read_header", "register_layout", "restore_snapshot", "row_gradient_mean", "save_snapshot", "slots_to_dense",
     "verify_snapshot", "write_header",
 ]

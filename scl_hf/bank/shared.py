@@ -84,7 +84,7 @@ class SharedBank:
         """This process's rows: P̄ and counts, and (with `out_size`, the class maps' h × w) the heatmaps cut
         under each view's crop. Every read of a step sees every write of the steps before it (docs/bank.md)."""
         self.settle()
-        indices, cache = inputs["index"], {}
+        indices, cache = inputs.get("index_host", inputs["index"]), {}  # host indices: reading needs no sync
         running, seen, stamps = self.store.rows_on(device, indices, "predictions", "seen", "stamps", cache=cache)
         fresh = stamps != epoch + 1
         targets = weights = None
@@ -102,21 +102,25 @@ class SharedBank:
         it and then for every process (`settle`), so the next step's reads see this step's writes."""
         probs = torch.sigmoid(logits.detach())
         maps = None if class_maps is None else torch.sigmoid(class_maps.detach())
-        rows = self.store.new_rows(inputs["index"], probs, self.momentum, inputs["boxes"], inputs["flips"], maps,
-                                   self.heatmap_momentum, inputs["label"], cache=read.rows)  # own rows, own device
+        rows = self.store.new_rows(inputs.get("index_host", inputs["index"]), probs, self.momentum, inputs["boxes"],
+                                   inputs["flips"], maps, self.heatmap_momentum, inputs["label"],
+                                   cache=read.rows)  # this process's rows, on its device
         rows.update(indices=inputs["index"], fresh=read.fresh)
-        if self.accelerator.num_processes > 1:
-            rows = gather_packed(self.accelerator, rows)  # one collective for everything
+        layout = None
+        if self.accelerator.num_processes > 1:  # one collective for everything; only writers unpack (in the thread)
+            packed, layout = pack_rows(rows)
+            rows = self.accelerator.gather(packed)
         if self.store.writable:  # the de-dup and the device-to-host copy wait for the device: in the thread
-            self._writer = threading.Thread(target=self._store, args=(rows, epoch), name="scl-bank-writer", daemon=True)
+            self._writer = threading.Thread(target=self._store, args=(rows, layout, epoch), name="scl-bank-writer",
+                                            daemon=True)
             self._writer.start()
         self._unsettled = True
 
-    def _store(self, rows: dict, epoch: int) -> None:
+    def _store(self, rows, layout: list | None, epoch: int) -> None:
         """Keep each image once — its first copy in the step, and only when not written earlier in the epoch —
-        and store the rows (on the writer thread)."""
+        and store the rows (on the writer thread; `layout`: the rows arrive packed by `pack_rows`)."""
         try:
-            rows = {k: v.cpu() for k, v in rows.items()}
+            rows = unpack_rows(rows.cpu(), layout) if layout is not None else {k: v.cpu() for k, v in rows.items()}
             indices, fresh = rows.pop("indices"), rows.pop("fresh")
             keep = first_occurrence(indices)
             keep = keep[fresh[keep].bool()]
@@ -186,21 +190,34 @@ def check_node_local(accelerator, folder: Path) -> None:
         )
 
 
-def gather_packed(accelerator, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """All-gather several (B, ...) tensors of any dtypes as one (B, bytes) uint8 tensor: one collective."""
+def pack_rows(tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list]:
+    """Several (B, ...) tensors of any dtypes as one (B, bytes) uint8 tensor, and what `unpack_rows` needs."""
     names = sorted(tensors)
     batch = len(tensors[names[0]])
-    parts = [tensors[name].contiguous().reshape(batch, -1) for name in names]
-    parts = [part.view(torch.uint8) if part.dtype != torch.bool else part.to(torch.uint8) for part in parts]
-    gathered = accelerator.gather(torch.cat(parts, dim=1))
+    parts, layout = [], []
+    for name in names:
+        tensor = tensors[name].contiguous()
+        part = tensor.reshape(batch, -1)
+        part = part.to(torch.uint8) if part.dtype == torch.bool else part.view(torch.uint8)
+        parts.append(part)
+        layout.append((name, tensor.dtype, tuple(tensor.shape[1:]), part.shape[1]))
+    return torch.cat(parts, dim=1), layout
+
+
+def unpack_rows(packed: torch.Tensor, layout: list) -> dict[str, torch.Tensor]:
     out, start = {}, 0
-    for name, part in zip(names, parts, strict=True):
-        piece = gathered[:, start:start + part.shape[1]].contiguous()
-        start += part.shape[1]
-        source = tensors[name]
-        piece = piece.bool() if source.dtype == torch.bool else piece.view(source.dtype)
-        out[name] = piece.reshape(len(gathered), *source.shape[1:])
+    for name, dtype, shape, width in layout:
+        piece = packed[:, start:start + width].contiguous()
+        start += width
+        piece = piece.bool() if dtype == torch.bool else piece.view(dtype)
+        out[name] = piece.reshape(len(packed), *shape)
     return out
+
+
+def gather_packed(accelerator, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """All-gather several (B, ...) tensors of any dtypes as one (B, bytes) uint8 tensor: one collective."""
+    packed, layout = pack_rows(tensors)
+    return unpack_rows(accelerator.gather(packed), layout)
 
 
 def first_occurrence(indices: torch.Tensor) -> torch.Tensor:
