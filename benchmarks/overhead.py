@@ -13,8 +13,8 @@ phases are measured by wrapping the trainer's own methods at instance level (no 
 
     forward      model(pixel_values) (forward pre/post hooks on the model)
     class_maps   ClassMapHook.pop_maps (the head applied per location)
-    bank_read    SCLBank.read_spatial / read_predictions (memmap rows, RoIAlign)
-    bank_update  SharedBank.write (gather, de-dup, paste-back, memmap write, barrier)
+    bank_read    SharedBank.read (settle: writer join + barrier; memmap rows, RoIAlign)
+    bank_update  SharedBank.write (new rows: EMA + paste-back; packed all-gather; writer thread start)
     loss         the rest of compute_loss (base loss, spatial loss)
     backward     accelerator.backward
     optimizer    clip_grad_norm_ + optimizer.step + zero_grad

@@ -1,9 +1,9 @@
 """SCLTrainer: a transformers Trainer that trains multi-label classifiers from single positive labels.
 
-One forward pass per step gives the image logits and (through a hook) the per-class maps; `compute_loss`
-adds the consistency terms to the base loss, reading each image's bank rows, then writes this step's
-predictions and maps back into the bank (gathered across processes, de-duplicated, written by the local
-main process). Loss terms are logged by name (`loss_base`, `loss_cl`, `loss_scl`), as TRL's trainers do.
+One forward pass per step gives the image logits and (through a hook) the per-class maps; `compute_loss` is
+forward → `bank.read` → loss terms → `bank.write`, where `bank` is the run's `scl_hf.bank.SharedBank` (which
+owns every multi-process rule: docs/bank.md). Loss terms are logged by name (`loss_base`, `loss_cl`,
+`loss_scl`), as TRL's trainers do.
 """
 
 from __future__ import annotations
