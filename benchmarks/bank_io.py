@@ -32,8 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scl_hf.bank import BankHeader, SCLBank, header_nbytes, open_bank
-from scl_hf.bank_snapshot import restore_snapshot, save_snapshot
+from scl_hf.bank import BankHeader, SCLBank, header_nbytes, open_bank, restore_snapshot, save_snapshot
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BATCHES = (16, 32, 64, 128)

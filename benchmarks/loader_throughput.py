@@ -221,7 +221,7 @@ def bank_process_probe(trainer) -> dict[str, set[int]]:
     setup = trainer.setup_bank
 
     def setup_and_probe(*args, **kwargs):
-        bank = setup(*args, **kwargs)
+        bank = setup(*args, **kwargs).store
         for name, kind in (("read_spatial", "read"), ("read_predictions", "read"), ("update", "update")):
             original = getattr(bank, name)
 

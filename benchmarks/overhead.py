@@ -13,8 +13,8 @@ phases are measured by wrapping the trainer's own methods at instance level (no 
 
     forward      model(pixel_values) (forward pre/post hooks on the model)
     class_maps   ClassMapHook.pop_maps (the head applied per location)
-    bank_read    SCLBank.read_spatial / read_predictions (memmap rows, RoIAlign)
-    bank_update  SCLTrainer.update_bank (de-dup, paste-back, memmap write)
+    bank_read    SharedBank.read (settle: writer join + barrier; memmap rows, RoIAlign)
+    bank_update  SharedBank.write (new rows: EMA + paste-back; packed all-gather; writer thread start)
     loss         the rest of compute_loss (base loss, spatial loss)
     backward     accelerator.backward
     optimizer    clip_grad_norm_ + optimizer.step + zero_grad
@@ -307,7 +307,7 @@ def build_runner(method: str, setting: Setting, state_dict: dict, dataset, workd
     )
     trainer = SCLTrainer(model=model, args=args, train_dataset=dataset)
     if trainer.setup_bank() is not None:
-        fill_bank(trainer.bank)
+        fill_bank(trainer.bank.store)
     trainer.state.epoch = args.warmup_epochs + 1.0  # consistency terms active, bank recording
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer's inner loop, read by training_step
     trainer.create_optimizer()
@@ -317,13 +317,12 @@ def build_runner(method: str, setting: Setting, state_dict: dict, dataset, workd
     clock = PhaseClock()
     clock.hook_module(trainer.model, "forward")
     trainer.compute_loss = clock.wrap("compute_loss", trainer.compute_loss)
-    trainer.update_bank = clock.wrap("bank_update", trainer.update_bank)
     trainer.accelerator.backward = clock.wrap("backward", trainer.accelerator.backward)
     if trainer.map_hook is not None:
         trainer.map_hook.pop_maps = clock.wrap("class_maps", trainer.map_hook.pop_maps)
     if trainer.bank is not None:
-        trainer.bank.read_spatial = clock.wrap("bank_read", trainer.bank.read_spatial)
-        trainer.bank.read_predictions = clock.wrap("bank_read", trainer.bank.read_predictions)
+        trainer.bank.read = clock.wrap("bank_read", trainer.bank.read)
+        trainer.bank.write = clock.wrap("bank_update", trainer.bank.write)
     return Runner(method, trainer, prepared, optimizer, clock)
 
 

@@ -1,9 +1,9 @@
 """SCLTrainer: a transformers Trainer that trains multi-label classifiers from single positive labels.
 
-One forward pass per step gives the image logits and (through a hook) the per-class maps; `compute_loss`
-adds the consistency terms to the base loss, reading each image's bank rows, then writes this step's
-predictions and maps back into the bank (gathered across processes, de-duplicated, written by the local
-main process). Loss terms are logged by name (`loss_base`, `loss_cl`, `loss_scl`), as TRL's trainers do.
+One forward pass per step gives the image logits and (through a hook) the per-class maps; `compute_loss` is
+forward → `bank.read` → loss terms → `bank.write`, where `bank` is the run's `scl_hf.bank.SharedBank` (which
+owns every multi-process rule: docs/bank.md). Loss terms are logged by name (`loss_base`, `loss_cl`,
+`loss_scl`), as TRL's trainers do.
 """
 
 from __future__ import annotations
@@ -11,21 +11,17 @@ from __future__ import annotations
 import math
 import os
 import time
-import uuid
 import warnings
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate.utils import broadcast_object_list
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from transformers.utils import logging
 
-from .bank import BankHeader, SCLBank, check_free_space, first_occurrence, open_bank
-from .bank_snapshot import Snapshot, restore_snapshot, save_snapshot
+from .bank import BankHeader, BankRead, SharedBank, row_gradient_mean
 from .config import SCLConfig
 from .losses import (
     BASE_LOSSES,
@@ -106,6 +102,13 @@ class SCLTrainer(Trainer):
                  compute_metrics=None, callbacks=None, **kwargs):
         if not isinstance(args, SCLConfig):
             raise TypeError("SCLTrainer needs an SCLConfig (it extends TrainingArguments with the method's options)")
+        if args.n_gpu > 1:  # Trainer would wrap the model in nn.DataParallel: replicas share one map hook
+            raise ValueError(
+                f"SCLTrainer runs one process per device; this process sees {args.n_gpu} GPUs, for which Trainer "
+                "would use nn.DataParallel. Launch one process per GPU instead: `accelerate launch --multi_gpu "
+                f"--num_processes {args.n_gpu} your_script.py` (or torchrun), or pick one GPU with "
+                "CUDA_VISIBLE_DEVICES=0."
+            )
         self.method = args.method_spec
         self.num_labels = model.config.num_labels
         id2label = {int(k): v for k, v in getattr(model.config, "id2label", {}).items()}
@@ -137,8 +140,7 @@ class SCLTrainer(Trainer):
         )
         self.model_accepts_loss_kwargs = False  # our loss is a mean per batch: let Trainer scale it for accumulation
         self.map_hook = attach_class_maps(self.model) if self.method.needs_heatmaps else None
-        self.bank: SCLBank | None = None
-        self._bank_snapshot: Snapshot | None = None
+        self.bank: SharedBank | None = None
         self._loss_terms: dict[str, list[torch.Tensor]] = defaultdict(list)
         self.loss_options = options_from_config(args)
         self.loss_state = self._make_loss_state()
@@ -154,8 +156,12 @@ class SCLTrainer(Trainer):
         state = make_state(labels, self.num_labels, self.loss_options).to(self.args.device)
         if self.accelerator.num_processes > 1:  # identical copies on every process, as the bank
             state.gather = self.accelerator.gather
+            # DDP does not see these parameters: average their gradient over the processes, sending only the
+            # rows of this step's batch (not the N×C table: 26 MB a step on COCO, 5 GB on ImageNet)
+            rows = {}
+            state.register_forward_pre_hook(lambda _module, args: rows.update(indices=args[0]))
             for parameter in state.parameters():
-                parameter.register_hook(lambda grad: self.accelerator.reduce(grad, reduction="mean"))
+                parameter.register_hook(lambda grad: row_gradient_mean(grad, rows["indices"], self.accelerator.gather))
         return state
 
     def create_optimizer(self, model=None):
@@ -212,44 +218,34 @@ class SCLTrainer(Trainer):
             top_k=self.args.bank_top_k,
         )
 
-    def setup_bank(self, resume_from_checkpoint: str | None = None) -> SCLBank | None:
-        """The local main process of every node makes its own copy of the bank — fresh, or restored from the
-        checkpoint being resumed — and the node's other processes open it read-only (docs/bank.md)."""
+    def setup_bank(self, resume_from_checkpoint: str | None = None) -> SharedBank | None:
+        """The run's SharedBank — fresh, or restored from the checkpoint being resumed (docs/bank.md)."""
         if not (self.method.needs_predictions or self.method.needs_heatmaps):
             return None
-        header = self.expected_bank_header()
-        self._check_bank_is_node_local()
-        if self.accelerator.is_local_main_process:
-            saving = self.args.save_strategy != "no" and self.args.should_save
-            check_free_space(self.bank_dir, header, Path(self.args.output_dir) if saving else None)
-            if resume_from_checkpoint is not None:
-                self.bank, self._bank_snapshot = restore_snapshot(resume_from_checkpoint, self.bank_dir, header)
-            else:  # a run from step 0 starts its bank over; a dirty bank (crashed run) is refused instead
-                self.bank = open_bank(self.bank_dir, header, writable=True, create=True, reset=True)
-                self._bank_snapshot = None
-        self.accelerator.wait_for_everyone()
-        if not self.accelerator.is_local_main_process:
-            self.bank = open_bank(self.bank_dir, header, writable=False, create=False)
+        self._check_distributed_setup()
+        saving = self.args.save_strategy != "no" and self.args.should_save
+        self.bank = SharedBank.setup(
+            self.accelerator, self.bank_dir, self.expected_bank_header(), self.args.momentum,
+            self.args.heatmap_momentum, resume_from=resume_from_checkpoint,
+            snapshot_dir=Path(self.args.output_dir) if saving else None,
+        )
         return self.bank
 
-    def _check_bank_is_node_local(self) -> None:
-        """Each node's local main writes its own copy: two nodes sharing one bank_dir would interleave writes."""
-        acc = self.accelerator
-        if acc.num_processes > 1:
-            token = broadcast_object_list([uuid.uuid4().hex if acc.is_main_process else None])[0]
-            marker = self.bank_dir / f".writer-{token}-{acc.process_index}"
-            if acc.is_local_main_process:
-                self.bank_dir.mkdir(parents=True, exist_ok=True)
-                marker.touch()
-            acc.wait_for_everyone()
-            writers = len(list(self.bank_dir.glob(f".writer-{token}-*"))) if acc.is_local_main_process else 0
-            shared = acc.reduce(torch.tensor([int(writers > 1)], device=acc.device), reduction="sum").item()
-            marker.unlink(missing_ok=True)
-            if shared:
-                raise RuntimeError(
-                    f"bank_dir {self.bank_dir} is shared by several nodes; each node must keep its own copy on "
-                    "node-local disk (docs/bank.md): set SCLConfig.bank_dir to a local path such as /tmp/scl_bank."
-                )
+    def _check_distributed_setup(self) -> None:
+        """What the bank cannot run under, refused before training with the setting to change."""
+        acc, processes = self.accelerator, self.accelerator.num_processes
+        if processes > 1 and not acc.even_batches:
+            raise ValueError(
+                "the bank needs even batches across processes (every process joins each step's gather): remove "
+                "accelerator_config={'even_batches': False} from SCLConfig, or set dataloader_drop_last=True."
+            )
+        global_batch = self.args.per_device_train_batch_size * processes
+        if processes > 1 and not self.args.dataloader_drop_last and len(self.raw_train_dataset) <= global_batch:
+            raise ValueError(
+                f"{len(self.raw_train_dataset)} training images fit in one global batch of {global_batch}: "
+                "accelerate would pad that step with its own rows. Use fewer processes, a smaller "
+                "per_device_train_batch_size, or dataloader_drop_last=True."
+            )
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         if self.raw_train_dataset is None:
@@ -265,8 +261,8 @@ class SCLTrainer(Trainer):
         if resume_from_checkpoint and self.uses_reliability_gate:
             self._restore_class_auc(resume_from_checkpoint)
         result = super().train(resume_from_checkpoint or None, trial, ignore_keys_for_eval, **kwargs)
-        if self.bank is not None and self.bank.writable:
-            self.bank.mark(self.state.epoch or 0.0, self.state.global_step)
+        if self.bank is not None:
+            self.bank.close(self.state.epoch or 0.0, self.state.global_step)
         return result
 
     def planned_epochs(self) -> float:
@@ -312,18 +308,14 @@ class SCLTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial):
         """The bank goes into checkpoint-N/scl_bank, so rotation keeps or deletes it with its checkpoint."""
-        if self.bank is not None and self.bank.writable:
-            self.bank.mark(self.state.epoch or 0.0, self.state.global_step)
-            if self.args.should_save:
-                folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-                self._bank_snapshot = save_snapshot(self.bank, folder, self._bank_snapshot)
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.bank is not None:
+            self.bank.save(folder, self.state.epoch or 0.0, self.state.global_step, self.args.should_save)
         if self.uses_reliability_gate and self.args.should_save:
-            self._save_class_auc(os.path.join(self._get_output_dir(trial=trial),
-                                              f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"))
+            self._save_class_auc(folder)
         if self.loss_state is not None and self.args.should_save:
             from safetensors.torch import save_file
 
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             os.makedirs(folder, exist_ok=True)
             tensors = {k: v.detach().contiguous().cpu() for k, v in self.loss_state.state_dict().items()}
             save_file(tensors, os.path.join(folder, LOSS_STATE_FILE))
@@ -340,8 +332,7 @@ class SCLTrainer(Trainer):
             return
         labels = torch.as_tensor(self.raw_train_dataset[self.args.label_column], dtype=torch.long)
         observed = observed_one_hot(labels, self.num_labels).bool()
-        scores = torch.from_numpy(np.asarray(self.bank.predictions, dtype=np.float32))
-        seen = torch.from_numpy(np.asarray(self.bank.seen) > 0)
+        scores, seen = self.bank.stored_predictions()
         self.class_auc = observed_positive_auc(scores, observed, seen).float()
 
     def class_gate(self, device: torch.device) -> torch.Tensor:
@@ -379,105 +370,85 @@ class SCLTrainer(Trainer):
         progress = ((self.state.epoch or 0.0) - self.args.warmup_epochs) / self.args.consistency_rampup_epochs
         return min(max(progress, 0.0), 1.0)
 
+    def _prepare_inputs(self, inputs: dict) -> dict:
+        """As Trainer's, keeping the row indices on the host too: the bank reads its rows by them, and copying
+        them back from an accelerator would wait for the queued forward pass (a host sync)."""
+        host_index = inputs.get("index")
+        inputs = super()._prepare_inputs(inputs)
+        if isinstance(host_index, torch.Tensor):
+            inputs["index_host"] = host_index.cpu()
+        return inputs
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """forward → bank.read → loss terms → bank.write."""
         if "index" not in inputs:
             raise ValueError("training batches must come from SCLTrainer's own dataloader (they carry the row index)")
         outputs = model(pixel_values=inputs["pixel_values"])
         logits = outputs.logits.float()
-        targets = observed_one_hot(inputs["label"], self.num_labels)
-        indices = inputs["index"]
-        context = LossContext(
-            epoch=self.state.epoch or 0.0, num_classes=self.num_labels, indices=indices, state=self.loss_state,
-            full_labels=inputs.get("full_labels"),  # present for method="full" only (TrainViews)
-            options={**self.loss_options, "num_epochs": self.state.num_train_epochs or self.args.num_train_epochs},
-        )
-        active = self.consistency_active()
-        terms: dict[str, torch.Tensor] = {}
-
-        class_maps = map_targets = cell_weights = gate = None
-        if self.uses_reliability_gate and active:
-            gate = self.class_gate(logits.device)
-        if self.method.needs_heatmaps:
+        class_maps = None
+        if self.map_hook is not None:
             # the head runs per location outside model.forward, which accelerate wraps in autocast: under the
             # same autocast here, or bf16/fp16 features meet the fp32 head ("mat1 and mat2 must have the same dtype")
             with self.accelerator.autocast():
                 class_maps = self.map_hook.pop_maps().float()
-            if active:
-                map_targets, cell_weights = self.bank.read_spatial(  # built on the maps' device (sparse layout)
-                    indices, inputs["boxes"], inputs["flips"], tuple(class_maps.shape[-2:]), device=class_maps.device
-                )
-
-        running = seen = None
-        ignore = torch.zeros_like(targets, dtype=torch.bool)
-        if self.method.needs_predictions:
-            running, seen = (t.to(logits.device) for t in self.bank.read_predictions(indices))
-            if "en" in self.method.terms and active:
-                ignore |= expected_negatives_ignore(targets, running, self.args.expected_negative_threshold)
-                ignore &= (seen > 0)[:, None]
-        if map_targets is not None and (self.args.crop_corrected_positive or self.args.crop_negative_threshold):
-            positive_weights, crop_ignore = crop_corrected_weights(
-                targets, map_targets, cell_weights, self.args.crop_negative_threshold or None  # 0: off
-            )
-            if self.args.crop_corrected_positive:
-                context.element_weights = positive_weights
-            if gate is not None:  # the mask trusts the stored heat only for classes whose bank is reliable
-                crop_ignore &= (gate >= self.args.crop_negative_min_gate)[None, :]
-            if self.method.info.crop_negative_mask:  # only hard-negative bases: for WAN/ROLE/EM the mask removes
-                ignore |= crop_ignore  # their own signal (wan+scl, role+scl, em-apl+scl fell; docs/method.md)
-        terms["loss_base"] = BASE_LOSSES[self.method.base](logits, targets, context, ignore if ignore.any() else None)
-        if self.accelerator.num_processes > 1 and active and (self.method.needs_predictions or map_targets is not None):
-            # masked entries differ per process: weight each process's mean by its share of the kept entries, so
-            # DDP's average is the mean over the global batch (as one process would compute it)
-            terms["loss_base"] = terms["loss_base"] * self._global_weight_share((~ignore).float())
-        loss = terms["loss_base"]
-
-        if "cl" in self.method.terms and active:
-            observed_rows = seen > 0
-            terms["loss_cl"] = consistency_loss(logits[observed_rows], targets[observed_rows], running[observed_rows])
-            loss = loss + self.consistency_ramp() * self.args.consistency_weight * terms["loss_cl"]
-
-        if map_targets is not None:
-            terms["loss_scl"] = spatial_consistency_loss(
-                class_maps, sharpen(map_targets, self.args.spatial_target_temperature), cell_weights,
-                self.args.spatial_loss, class_weights=gate,
-            )
-            if self.accelerator.num_processes > 1:
-                terms["loss_scl"] = terms["loss_scl"] * self._global_weight_share(cell_weights)
-            loss = loss + self.consistency_ramp() * self.args.spatial_weight * terms["loss_scl"]
-
+        epoch = math.floor(self.state.epoch or 0.0)
+        read = None
+        if self.bank is not None:
+            spatial = class_maps is not None and self.consistency_active()
+            read = self.bank.read(inputs, epoch, tuple(class_maps.shape[-2:]) if spatial else None, logits.device)
+        loss, terms = self.loss_terms(logits, class_maps, inputs, read)
         if self.bank is not None and self.bank_recording():
-            self.update_bank(indices, inputs["boxes"], inputs["flips"], logits, class_maps, inputs["label"])
+            self.bank.write(inputs, logits, class_maps, read, epoch)
         for name, value in terms.items():
             self._loss_terms[name].append(value.detach())
         return (loss, outputs) if return_outputs else loss
 
-    def _global_weight_share(self, weights: torch.Tensor) -> torch.Tensor:
-        """P·Σw_local / Σw_all: turns this process's weighted mean into its share of the weighted mean over the
-        global batch, so that DDP's gradient average equals one process training on the whole batch."""
-        local = weights.sum().detach()
-        total = self.accelerator.reduce(local.clone(), reduction="sum")
-        return local * self.accelerator.num_processes / total.clamp_min(1e-6)
+    def loss_terms(self, logits: torch.Tensor, class_maps: torch.Tensor | None, inputs: dict,
+                   read: BankRead | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted sum of the method's terms, and each term (logged by name).
 
-    @torch.no_grad()
-    def update_bank(self, indices, boxes, flips, logits, class_maps, labels=None) -> None:
-        """Gather this step's rows from every process, keep each image once, write on the local main."""
-        payload = {"indices": indices, "probs": torch.sigmoid(logits), "boxes": boxes, "flips": flips.to(torch.uint8)}
-        if labels is not None:
-            payload["labels"] = labels
-        if class_maps is not None:
-            payload["maps"] = torch.sigmoid(class_maps).half()
-        if self.accelerator.num_processes > 1:
-            payload = {k: self.accelerator.gather(v.contiguous()) for k, v in payload.items()}
-        if self.accelerator.is_local_main_process:
-            keep = first_occurrence(payload["indices"])
-            rows = {k: v[keep] for k, v in payload.items()}
-            self.bank.update(
-                rows["indices"], rows["probs"], self.args.momentum,
-                boxes=rows["boxes"], flips=rows["flips"].bool(),
-                map_probs=rows.get("maps"), heatmap_momentum=self.args.heatmap_momentum, labels=rows.get("labels"),
+        Under several processes each term is a weighted mean scaled by this process's share of the global
+        batch's weights (`SharedBank.weight_share`), so DDP's gradient average is the mean one process would
+        take over the global batch; rows already trained on in this epoch (accelerate's padding) weigh 0."""
+        targets = observed_one_hot(inputs["label"], self.num_labels)
+        active = self.consistency_active()
+        context = LossContext(
+            epoch=self.state.epoch or 0.0, num_classes=self.num_labels, indices=inputs["index"], state=self.loss_state,
+            full_labels=inputs.get("full_labels"),  # present for method="full" only (TrainViews)
+            options={**self.loss_options, "num_epochs": self.state.num_train_epochs or self.args.num_train_epochs},
+        )
+        ignore = None if read is None else ~read.fresh[:, None].expand_as(targets)  # padded rows: no loss
+        if read is not None and "en" in self.method.terms and active:
+            ignore = ignore | (expected_negatives_ignore(targets, read.running, self.args.expected_negative_threshold)
+                               & (read.seen > 0)[:, None])
+        cell_weights = None if read is None or read.weights is None else read.weights * read.fresh[:, None, None]
+        gate = self.class_gate(logits.device) if self.uses_reliability_gate and active else None
+        if cell_weights is not None and (self.args.crop_corrected_positive or self.args.crop_negative_threshold):
+            positive_weights, crop_ignore = crop_corrected_weights(
+                targets, read.targets, cell_weights, self.args.crop_negative_threshold or None  # 0: off
             )
-        if self.accelerator.num_processes > 1:
-            self.accelerator.wait_for_everyone()  # the next step's reads must see this step's writes
+            if self.args.crop_corrected_positive:
+                context.element_weights = positive_weights
+            if gate is not None:  # the mask trusts the stored heat only for classes whose bank is reliable
+                crop_ignore = crop_ignore & (gate >= self.args.crop_negative_min_gate)[None, :]
+            if self.method.info.crop_negative_mask:  # only hard-negative bases: for WAN/ROLE/EM the mask removes
+                ignore = ignore | crop_ignore  # their own signal (wan+scl, role+scl, em-apl+scl fell; docs/method.md)
+        terms = {"loss_base": BASE_LOSSES[self.method.base](logits, targets, context, ignore)}
+        if read is not None:
+            terms["loss_base"] = terms["loss_base"] * self.bank.weight_share(~ignore)
+        loss = terms["loss_base"]
+        if "cl" in self.method.terms and active:
+            rows = (read.seen > 0) & read.fresh
+            terms["loss_cl"] = consistency_loss(logits, targets, read.running, rows)
+            terms["loss_cl"] = terms["loss_cl"] * self.bank.weight_share(rows[:, None] & (targets < 0.5))
+            loss = loss + self.consistency_ramp() * self.args.consistency_weight * terms["loss_cl"]
+        if cell_weights is not None:
+            terms["loss_scl"] = spatial_consistency_loss(
+                class_maps, sharpen(read.targets, self.args.spatial_target_temperature), cell_weights,
+                self.args.spatial_loss, class_weights=gate,
+            ) * self.bank.weight_share(cell_weights)
+            loss = loss + self.consistency_ramp() * self.args.spatial_weight * terms["loss_scl"]
+        return loss, terms
 
     # ------------------------------------------------------------------ logging and evaluation
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

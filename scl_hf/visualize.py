@@ -10,8 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .bank import read_header  # noqa: E402
-from .bank_sparse import slots_to_dense  # noqa: E402
+from .bank import read_header, slots_to_dense  # noqa: E402
 
 
 def save_figure(fig, path: str | Path) -> Path:

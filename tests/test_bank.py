@@ -285,11 +285,49 @@ def test_bank_nbytes_matches_the_files(tmp_path, with_heatmaps):
     header = make_header(num_rows=num_rows, num_classes=num_classes, size=size, with_heatmaps=with_heatmaps)
     SCLBank.create(tmp_path, header)
     files = sorted(tmp_path.glob("*.npy"))
-    assert len(files) == (4 if with_heatmaps else 2)
+    assert len(files) == (5 if with_heatmaps else 3)  # predictions, seen, stamps (+ heatmaps, coverage)
     data_bytes = sum(f.stat().st_size - npy_data_offset(f) for f in files)
     predicted = bank_nbytes(num_rows, num_classes, size, with_heatmaps)
     assert data_bytes == predicted
-    by_hand = num_rows * num_classes * 4 + num_rows * 2
+    by_hand = num_rows * num_classes * 4 + num_rows * 2 * 2  # seen and stamps: uint16 each
     if with_heatmaps:
         by_hand += num_rows * num_classes * size * size * 2 + num_rows * size * size
     assert predicted == by_hand
+
+
+def test_row_gradient_mean_equals_the_dense_all_reduce_mean():
+    """ROLE's table gradient averaged from the batch rows only equals the mean of the dense (N, C) gradients,
+    with a row twice in one process's batch and a row in both processes' batches. The all-gather is played by
+    recording process 1's sends and handing them to process 0 (the order a real gather concatenates)."""
+    from scl_hf.bank import row_gradient_mean
+
+    gen = torch.Generator().manual_seed(0)
+    n, c = 12, 3
+    batches = [torch.tensor([1, 4, 4, 7]), torch.tensor([7, 2, 9, 0])]
+    grads = []
+    for idx in batches:  # autograd's dense gradient of table[idx]: the rows' contributions summed
+        grad = torch.zeros(n, c)
+        grad.index_add_(0, idx, torch.randn(len(idx), c, generator=gen))
+        grads.append(grad)
+    sent = []
+    row_gradient_mean(grads[1], batches[1], lambda t: sent.append(t) or torch.cat([t, t]))
+    received = iter(sent)
+    mean = row_gradient_mean(grads[0], batches[0], lambda t: torch.cat([t, next(received)]))
+    torch.testing.assert_close(mean, (grads[0] + grads[1]) / 2, rtol=0, atol=1e-6)
+
+
+def test_packed_rows_round_trip_every_dtype():
+    """The one collective of a bank write carries every tensor as bytes: unpacking gives them back exactly."""
+    from scl_hf.bank import pack_rows, unpack_rows
+
+    gen = torch.Generator().manual_seed(0)
+    rows = {"predictions": torch.rand(5, 3, generator=gen), "heatmaps": torch.rand(5, 3, 2, 2, generator=gen).half(),
+            "coverage": torch.randint(0, 255, (5, 2, 2), generator=gen).to(torch.uint8),
+            "indices": torch.arange(5) * 10**10, "fresh": torch.tensor([True, False, True, True, False]),
+            "seen": torch.randint(0, 9, (5,), generator=gen).to(torch.int32)}
+    packed, layout = pack_rows(rows)
+    assert packed.dtype == torch.uint8 and packed.shape == (5, 12 + 24 + 4 + 8 + 1 + 4)
+    twice = unpack_rows(torch.cat([packed, packed]), layout)  # what a 2-process gather returns
+    for name, tensor in rows.items():
+        assert twice[name].dtype == tensor.dtype
+        assert torch.equal(twice[name], torch.cat([tensor, tensor])), name

@@ -23,7 +23,7 @@ sys.path.insert(0, str(SCRIPTS))
 from tiny_run import main as tiny_main  # noqa: E402
 
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
-ARRAYS = ("predictions", "seen", "heatmaps", "coverage")
+ARRAYS = ("predictions", "seen", "stamps", "heatmaps", "coverage")
 pytestmark = pytest.mark.slow
 
 
@@ -80,6 +80,44 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     w_two = torch.load(tmp_path / "two" / "weights.pt")
     for key in w_one:
         torch.testing.assert_close(w_two[key], w_one[key], atol=5e-5, rtol=0, msg=key)
+
+
+def test_padding_of_the_last_step_counts_once_and_two_processes_still_match_one(tmp_path):
+    """20 images, drop_last=False, 2 × 3 per step vs 6 in one process: the epoch's last step has 2 real rows,
+    which accelerate pads (for 2 processes) with 4 rows of the epoch's first step. Those 4 must not be trained
+    on or written a second time: every row is seen exactly once per epoch, and the 2-process run equals the
+    1-process one (whose last batch is 2 rows). Before the fix `seen` was 2–4 per row after 2 epochs."""
+    common = {"num_train": 20, "dataloader_drop_last": False}
+    threads = torch.get_num_threads()
+    try:
+        tiny_main({"output_dir": str(tmp_path / "one"), "per_device_train_batch_size": 6, **common})
+    finally:
+        torch.set_num_threads(threads)
+    config = {"output_dir": str(tmp_path / "two"), "per_device_train_batch_size": 3, **common}
+    done = subprocess.run(launch_command(config), env=run_env(), capture_output=True, text=True, timeout=600)
+    check(done, done.stdout + done.stderr)
+    assert "'epoch': '1.5'" in done.stdout or "'epoch': 1.5" in done.stdout  # 4 steps per epoch: 2 × 3, padded
+
+    one, two = bank(tmp_path / "one" / "scl_bank"), bank(tmp_path / "two" / "scl_bank")
+    np.testing.assert_array_equal(two["seen"], np.full(20, 2))
+    np.testing.assert_array_equal(one["seen"], np.full(20, 2))
+    np.testing.assert_array_equal(two["stamps"], np.full(20, 2))  # last written in epoch 1
+    np.testing.assert_array_equal(two["coverage"], one["coverage"])
+    np.testing.assert_allclose(two["predictions"], one["predictions"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(two["heatmaps"].astype(np.float32), one["heatmaps"].astype(np.float32), atol=1e-3, rtol=0)
+    w_one = torch.load(tmp_path / "one" / "weights.pt")
+    w_two = torch.load(tmp_path / "two" / "weights.pt")
+    for key in w_one:
+        torch.testing.assert_close(w_two[key], w_one[key], atol=5e-5, rtol=0, msg=key)
+
+
+def test_uneven_batches_are_refused_before_training(tmp_path):
+    config = {"output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 8,
+              "accelerator_config": {"even_batches": False}, "dataloader_drop_last": False}
+    done = subprocess.run(launch_command(config), env=run_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "the bank needs even batches across processes" in done.stdout + done.stderr, (done.stdout + done.stderr)[-4000:]
+    assert not (tmp_path / "out" / "scl_bank" / "heatmaps.npy").exists()
 
 
 def launch_two_machines(tmp_path: Path, bank_dirs: list[Path]) -> list[tuple[int, str]]:

@@ -15,15 +15,25 @@ import numpy as np
 import pytest
 import torch
 
-from scl_hf.bank import BankCorruptError, BankHeader, SCLBank, open_bank, read_header
-from scl_hf.bank_snapshot import MANIFEST_NAME, SNAPSHOT_DIR, restore_snapshot, save_snapshot
+from scl_hf.bank import (
+    MANIFEST_NAME,
+    SNAPSHOT_DIR,
+    BankCorruptError,
+    BankHeader,
+    SCLBank,
+    open_bank,
+    read_header,
+    restore_snapshot,
+    save_snapshot,
+    snapshots,
+)
 from scl_hf.trainer import _EpochSync
 
 SCRIPTS = Path(__file__).parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 from tiny_run import tiny_trainer  # noqa: E402
 
-ARRAYS = ("predictions", "seen", "heatmaps", "coverage")
+ARRAYS = ("predictions", "seen", "stamps", "heatmaps", "coverage")
 
 
 def bank_arrays(folder) -> dict[str, np.ndarray]:
@@ -57,13 +67,13 @@ def test_resume_mid_epoch_continues_exactly(tmp_path):
     header = read_header(resumed.bank_dir)
     assert not header.dirty and header.global_step == 8
 
-    # checkpoint-6 holds the base of checkpoint-3 (hard-linked, not copied) plus the rows written since
+    # checkpoint-6 shares no file with checkpoint-3 (a damaged file cannot spread), and checksums all of its own
     snapshot = tmp_path / "resumed" / "checkpoint-6" / SNAPSHOT_DIR
     manifest = json.loads((snapshot / MANIFEST_NAME).read_text())
-    assert manifest["base"].startswith("base-000000003-") and len(manifest["deltas"]) == 1
-    assert manifest["deltas"][0].startswith("delta-000000006-")
-    base_file = f"{manifest['base']}.heatmaps.npy"
-    assert os.stat(snapshot / base_file).st_ino == os.stat(tmp_path / "resumed/checkpoint-3" / SNAPSHOT_DIR / base_file).st_ino
+    older = {os.stat(p).st_ino for p in (tmp_path / "resumed/checkpoint-3" / SNAPSHOT_DIR).iterdir()}
+    files = [p for p in snapshot.iterdir() if p.name != MANIFEST_NAME]
+    assert files and not older & {os.stat(p).st_ino for p in files}
+    assert sorted(manifest["checksums"]) == sorted(p.name for p in files)
 
     # rotation (save_total_limit=1) left only the final checkpoint of the straight run; it restores whole
     assert sorted(p.name for p in (tmp_path / "straight").glob("checkpoint-*")) == ["checkpoint-8"]
@@ -110,7 +120,15 @@ def random_update(bank: SCLBank, gen: torch.Generator, count: int) -> None:
                 flips=torch.rand(count, generator=gen) < 0.5, map_probs=torch.rand(count, 3, 2, 2, generator=gen))
 
 
-def test_snapshot_chain_restores_every_checkpoint_and_starts_a_new_base_when_deltas_grow(tmp_path):
+def copy_as_clone(source, target) -> bool:
+    """What a reflink gives, for file systems without one (ext4 here): an independent copy of the file."""
+    shutil.copyfile(source, target)
+    return True
+
+
+def test_snapshot_chain_restores_every_checkpoint_and_starts_a_new_base_when_deltas_grow(tmp_path, monkeypatch):
+    """The chain of a file system that clones (XFS, Btrfs); cloning is stood in for by copying."""
+    monkeypatch.setattr(snapshots, "clone_file", copy_as_clone)
     bank = SCLBank.create(tmp_path / "live", small_header())
     gen = torch.Generator().manual_seed(0)
     previous, states, kinds = None, {}, []
@@ -130,7 +148,7 @@ def test_snapshot_chain_restores_every_checkpoint_and_starts_a_new_base_when_del
             np.testing.assert_array_equal(restored.arrays[name], array, err_msg=f"{name} at {step}")
         if step == 2:
             shutil.rmtree(tmp_path / "checkpoint-1")
-    # saving twice at one step never rewrites a file another checkpoint links to
+    # saving twice at one step never rewrites a file of another checkpoint
     before = {p.name: p.read_bytes() for p in (tmp_path / "checkpoint-6" / SNAPSHOT_DIR).iterdir()}
     random_update(bank, gen, 3)
     again = save_snapshot(bank, tmp_path / "checkpoint-6b", previous)
@@ -140,6 +158,73 @@ def test_snapshot_chain_restores_every_checkpoint_and_starts_a_new_base_when_del
     restored, _ = restore_snapshot(tmp_path / "checkpoint-6", tmp_path / "restored-again", small_header())
     for name, array in bank.arrays.items():
         np.testing.assert_array_equal(restored.arrays[name], array, err_msg=name)
+
+
+def test_without_clones_every_snapshot_is_a_new_base_of_its_own(tmp_path):
+    bank = SCLBank.create(tmp_path / "live", small_header())
+    gen = torch.Generator().manual_seed(0)
+    previous = None
+    for step in (1, 2):
+        random_update(bank, gen, 8)
+        bank.mark(epoch=step, global_step=step)
+        previous = save_snapshot(bank, tmp_path / f"checkpoint-{step}", previous)
+        if snapshots.clone_file(bank.folder / "seen.npy", tmp_path / "probe"):
+            pytest.skip("this file system clones files: the chain is used")
+        assert previous.manifest["base"].startswith(f"base-{step:09d}-") and previous.manifest["deltas"] == []
+    inodes = [{os.stat(p).st_ino for p in (tmp_path / f"checkpoint-{s}" / SNAPSHOT_DIR).iterdir()} for s in (1, 2)]
+    assert not inodes[0] & inodes[1]
+
+
+def damage(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # one flipped byte in the middle: same size, so only the checksum can tell
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(data)
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+@pytest.mark.parametrize("chained", [False, True])
+def test_a_damaged_snapshot_is_refused_and_stays_in_its_checkpoint(tmp_path, monkeypatch, how, chained):
+    if chained:
+        monkeypatch.setattr(snapshots, "clone_file", copy_as_clone)
+    bank = SCLBank.create(tmp_path / "live", small_header())
+    gen = torch.Generator().manual_seed(0)
+    previous, states = None, {}
+    for step in (1, 2, 3):
+        random_update(bank, gen, 8)
+        bank.mark(epoch=step, global_step=step)
+        previous = save_snapshot(bank, tmp_path / f"checkpoint-{step}", previous)
+        states[step] = {name: np.array(array) for name, array in bank.arrays.items()}
+    manifest = json.loads((tmp_path / "checkpoint-2" / SNAPSHOT_DIR / MANIFEST_NAME).read_text())
+    assert len(manifest["deltas"]) == (1 if chained else 0)
+    damage(tmp_path / "checkpoint-2" / SNAPSHOT_DIR / f"{manifest['base']}.heatmaps.npy", how)
+    live_before = np.array(bank.arrays["heatmaps"])
+    with pytest.raises(BankCorruptError, match=r"heatmaps.npy does not match its checksum.*checkpoint-3"):
+        restore_snapshot(tmp_path / "checkpoint-2", tmp_path / "live", small_header())
+    np.testing.assert_array_equal(np.load(tmp_path / "live" / "heatmaps.npy"), live_before)  # nothing restored
+    for step in (1, 3):  # the other checkpoints restore whole
+        restored, _ = restore_snapshot(tmp_path / f"checkpoint-{step}", tmp_path / f"restored-{step}", small_header())
+        for name, array in states[step].items():
+            np.testing.assert_array_equal(restored.arrays[name], array, err_msg=f"{name} at {step}")
+
+
+def test_resume_from_a_damaged_checkpoint_fails_before_training(tmp_path):
+    """A real run with checkpoints, its newest snapshot truncated: the resumed launch exits non-zero, names the
+    damaged file and the checkpoint to use instead, and leaves the live bank alone."""
+    out = tmp_path / "run"
+    tiny_trainer(str(out), save_strategy="steps", save_steps=1, num_train_epochs=1, num_train=16).train()
+    snapshot = out / "checkpoint-2" / SNAPSHOT_DIR
+    manifest = json.loads((snapshot / MANIFEST_NAME).read_text())
+    damage(snapshot / f"{manifest['base']}.heatmaps.npy", "truncate")
+    config = dict(output_dir=str(out), save_strategy="steps", save_steps=1, num_train_epochs=2, num_train=16,
+                  resume=str(out / "checkpoint-2"))
+    done = subprocess.run([sys.executable, str(SCRIPTS / "tiny_run.py"), json.dumps(config)], capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1"))
+    assert done.returncode != 0
+    assert "heatmaps.npy does not match its checksum" in done.stderr and "checkpoint-1" in done.stderr, done.stderr[-3000:]
+    assert "'epoch'" not in done.stdout  # refused before any training step
 
 
 def test_resume_from_a_checkpoint_without_snapshot_says_why(tmp_path):

@@ -11,8 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from scl_hf.bank import BankHeader, SCLBank, bank_nbytes, check_free_space, header_nbytes, open_bank
-from scl_hf.bank_sparse import SparseSCLBank, assign_slots
+from scl_hf.bank import (
+    BankHeader,
+    SCLBank,
+    SparseSCLBank,
+    assign_slots,
+    bank_nbytes,
+    check_free_space,
+    header_nbytes,
+    open_bank,
+)
 from scl_hf.losses import spatial_consistency_loss
 from scl_hf.visualize import plot_bank_heatmaps, stored_heatmaps
 
@@ -93,7 +101,7 @@ def test_trainer_losses_are_the_same_for_both_layouts_when_k_covers_every_class(
         trainer = tiny_trainer(str(tmp_path / layout), num_train=16, bank_layout=layout, bank_top_k=4)
         trainer.train()
         histories.append([(h["loss"], h.get("loss_scl")) for h in trainer.state.log_history if "loss" in h])
-        assert type(trainer.bank).__name__ == ("SparseSCLBank" if layout == "sparse" else "SCLBank")
+        assert type(trainer.bank.store).__name__ == ("SparseSCLBank" if layout == "sparse" else "SCLBank")
     assert any(scl is not None for _, scl in histories[0])
     np.testing.assert_allclose(np.array(histories[1], dtype=float), np.array(histories[0], dtype=float), rtol=1e-6)
 
@@ -161,7 +169,7 @@ def test_update_without_labels_is_refused_before_writing(tmp_path):
 def test_sparse_sizes_match_the_formula_and_the_files(tmp_path, top_k):
     SCLBank.create(tmp_path, header(top_k=top_k))
     slots = min(top_k + 1, C)
-    by_hand = N * (4 * C + 2) + N * (2 * slots * S * S + 4 * slots + S * S)
+    by_hand = N * (4 * C + 4) + N * (2 * slots * S * S + 4 * slots + S * S)
     assert bank_nbytes(N, C, S, True, layout="sparse", top_k=top_k) == by_hand == header_nbytes(header(top_k=top_k))
     data = 0
     for path in tmp_path.glob("*.npy"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from scl_hf.geometry import cut_crop, paste_crop, spatial_targets
+from scl_hf.bank.geometry import cut_crop, paste_crop, spatial_targets
 
 # ----------------------------------------------------------------------------- slow references
 

@@ -140,7 +140,7 @@ def _one_step_with_stored_heat(tiny_synthetic, tmp_path, method: str, threshold:
     model = create_model("resnet18", num_labels=5)
     args = make_args(tmp_path / f"{method}-{threshold}", method=method, warmup_epochs=0, crop_negative_threshold=threshold)
     trainer = SCLTrainer(model=model, args=args, train_dataset=tiny_synthetic["train"])
-    bank = trainer.setup_bank()
+    bank = trainer.setup_bank().store
     bank.heatmaps[:] = np.broadcast_to(heat, bank.heatmaps.shape)
     bank.coverage[:] = 1
     batch = next(iter(trainer.get_train_dataloader()))
@@ -270,3 +270,18 @@ def test_reliability_gate_scores_the_bank_each_epoch_and_scales_the_spatial_term
     assert loss_history(closed, "bank_auc")
     opened = run(0.0, 0.01, "open")  # any AUC above 0.01 opens it fully
     assert max(loss_history(opened, "loss_scl")) > 0.0
+
+
+def test_one_process_over_several_gpus_is_refused_with_the_launch_command(tiny_synthetic, tmp_path):
+    """Trainer would wrap the model in nn.DataParallel, whose replicas share one class-map hook: refused at once.
+    A config that reports two GPUs stands in for a two-GPU host (this machine has none)."""
+    from scl_hf import SCLConfig
+
+    class TwoGPUConfig(SCLConfig):
+        @property
+        def n_gpu(self) -> int:
+            return 2
+
+    args = TwoGPUConfig(**{**make_args(tmp_path).to_dict(), "output_dir": str(tmp_path / "dp")})
+    with pytest.raises(ValueError, match=r"accelerate launch --multi_gpu --num_processes 2"):
+        SCLTrainer(model=create_model("resnet18", num_labels=5), args=args, train_dataset=tiny_synthetic["train"])

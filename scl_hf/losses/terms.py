@@ -31,9 +31,13 @@ def crop_corrected_weights(
     return weights, ignore
 
 
-def consistency_loss(logits: torch.Tensor, targets: torch.Tensor, running_probs: torch.Tensor) -> torch.Tensor:
-    """BCE of the unobserved classes towards the image's running-average prediction P̄."""
+def consistency_loss(logits: torch.Tensor, targets: torch.Tensor, running_probs: torch.Tensor,
+                     rows: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE of the unobserved classes towards the image's running-average prediction P̄; `rows` (B,) bool, optional:
+    the rows that take part (a mask, not an index, so no host sync)."""
     unobserved = targets < 0.5
+    if rows is not None:
+        unobserved = unobserved & rows[:, None]
     values = F.binary_cross_entropy_with_logits(logits, running_probs.to(logits.dtype), reduction="none")
     return masked_mean(values, unobserved)
 

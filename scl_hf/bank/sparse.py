@@ -23,10 +23,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .bank import SCLBank, _take_rows
+from .dense import SCLBank
 from .geometry import paste_crop, spatial_targets
+from .layouts import register_layout
 
 
+@register_layout("sparse")
 class SparseSCLBank(SCLBank):
     """SCLBank with the top-k + observed heatmap layout; same reading and updating interface."""
 
@@ -36,62 +38,43 @@ class SparseSCLBank(SCLBank):
 
     def read_spatial(
         self, indices: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, out_size: tuple[int, int],
-        device: torch.device | str | None = None,
+        device: torch.device | str | None = None, cache: dict | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Targets (B, C, h, w): cut slot maps at their classes, 0 elsewhere; weights (B, h, w) as dense.
 
         The dense targets are made on `device` (default: CPU): filling B·C·h·w zeros costs ~17 ms of CPU for
         64 ImageNet images at 14 × 14, almost nothing on a GPU, and only the K' slot maps cross the bus."""
-        idx = indices.cpu().numpy()
-        heat = torch.from_numpy(_take_rows(self.heatmaps, idx))
-        coverage = torch.from_numpy(_take_rows(self.coverage, idx))
-        slots = torch.from_numpy(_take_rows(self.slots, idx)).long()
-        slot_targets, weights = spatial_targets(heat, coverage, boxes.cpu(), flips.cpu(), out_size)
-        row, slot = torch.nonzero(slots >= 0, as_tuple=True)
-        values, classes = slot_targets[row, slot], slots[row, slot]
-        if device is not None:
-            row, classes, values, weights = (t.to(device) for t in (row, classes, values, weights))
-        targets = values.new_zeros((len(idx), self.header.num_classes, *slot_targets.shape[-2:]))
-        targets[row, classes] = values
-        return targets, weights
+        heat, coverage, slots = self.rows_on(device, indices, "heatmaps", "coverage", "slots", cache=cache)
+        boxes, flips = boxes.to(heat.device, non_blocking=True), flips.to(heat.device, non_blocking=True)
+        slot_targets, weights = spatial_targets(heat, coverage, boxes, flips, out_size)
+        # scatter the slot maps into dense (B, C, h, w) targets without a host sync: a class is in one slot at
+        # most, and empty slots (-1) go to a spare channel C that is cut off, so no two writes meet
+        num_classes = self.header.num_classes
+        classes = torch.where(slots >= 0, slots.long(), num_classes)[:, :, None, None].expand_as(slot_targets)
+        targets = slot_targets.new_zeros((len(slots), num_classes + 1, *slot_targets.shape[-2:]))
+        targets.scatter_(1, classes, slot_targets)
+        return targets[:, :num_classes], weights
 
-    def update(
-        self,
-        indices: torch.Tensor,
-        probs: torch.Tensor,
-        momentum: float,
-        boxes: torch.Tensor | None = None,
-        flips: torch.Tensor | None = None,
-        map_probs: torch.Tensor | None = None,
-        heatmap_momentum: float | None = None,
-        labels: torch.Tensor | None = None,
-    ) -> None:
+    def new_rows(self, indices, probs, momentum, boxes=None, flips=None, map_probs=None, heatmap_momentum=None,
+                 labels=None, cache=None) -> dict[str, torch.Tensor]:
+        """As the dense layout's, plus the slot classes: P̄ after this step ranks the classes (assign_slots)."""
         if map_probs is not None and labels is None:
             raise ValueError("the sparse bank keeps the observed class's heatmap: pass labels= to update()")
-        idx = self._check_writable(indices)
-        seen_before = self._update_predictions(idx, probs, momentum)
+        rows = super().new_rows(indices, probs, momentum, cache=cache)  # predictions and counts
         if map_probs is None:
-            return
-        running = torch.from_numpy(self.predictions[idx])  # P̄ after this step's update ranks the classes
-        old_slots = torch.from_numpy(_take_rows(self.slots, idx)).long()
-        old_slots[torch.from_numpy(seen_before == 0)] = -1  # a first observation starts every slot fresh
-        new_slots, fresh = assign_slots(old_slots, running, labels.cpu().long(), self.header.num_slots)
-        rows = torch.from_numpy(_take_rows(self.heatmaps, idx))
-        rows = torch.where(fresh[:, :, None, None], torch.zeros((), dtype=rows.dtype), rows)
-        maps = map_probs.detach().cpu()
-        slot_maps = maps[torch.arange(len(idx))[:, None], new_slots]  # (B, K', h, w)
-        pasted, coverage = paste_crop(
-            rows,
-            torch.from_numpy(_take_rows(self.coverage, idx)),
-            slot_maps,
-            boxes.cpu(),
-            flips.cpu(),
-            momentum if heatmap_momentum is None else heatmap_momentum,
-            fresh=fresh,
-        )
-        self.heatmaps[idx] = pasted.half().numpy()
-        self.coverage[idx] = coverage.numpy()
-        self.slots[idx] = new_slots.numpy().astype(np.int32)
+            return rows
+        device = map_probs.device
+        heat, coverage, old_slots = self.rows_on(device, indices, "heatmaps", "coverage", "slots", cache=cache)
+        old_slots = torch.where((rows["seen"] == 1)[:, None], -1, old_slots.long())  # a first observation: all fresh
+        new_slots, fresh = assign_slots(old_slots, rows["predictions"], labels.to(device).long(),
+                                        self.header.num_slots)
+        heat = torch.where(fresh[:, :, None, None], torch.zeros((), dtype=heat.dtype, device=device), heat)
+        slot_maps = torch.gather(map_probs.detach(), 1, new_slots[:, :, None, None].expand(
+            -1, -1, *map_probs.shape[-2:]))  # (B, K', h, w)
+        pasted, coverage = paste_crop(heat, coverage, slot_maps, boxes.to(device), flips.to(device).bool(),
+                                      momentum if heatmap_momentum is None else heatmap_momentum, fresh=fresh)
+        rows.update(heatmaps=pasted.half(), coverage=coverage, slots=new_slots.to(torch.int32))
+        return rows
 
     def dense_heatmaps(self, index: int) -> np.ndarray:
         """One image's heatmaps as a dense (C, S, S) float32 array (0 for classes without a slot), for plots."""
@@ -119,20 +102,21 @@ def assign_slots(
     """
     batch = len(old_slots)
     ranked = running.float().clone()
-    ranked[torch.arange(batch), labels] = -float("inf")
+    device = running.device
+    ranked[torch.arange(batch, device=device), labels] = -float("inf")
     wanted = torch.sort(ranked, dim=1, descending=True, stable=True).indices[:, : num_slots - 1]  # likeliest first
     others = old_slots[:, 1:]
     stays = (others[:, :, None] == wanted[:, None, :]).any(-1)  # (B, K'-1) slot keeps its class
     entering = ~(wanted[:, :, None] == others[:, None, :]).any(-1)  # (B, K'-1) wanted class has no slot
     # the j-th free slot (in slot order) takes the j-th entering class (in likelihood order)
-    positions = torch.arange(num_slots - 1).expand(batch, -1)
+    positions = torch.arange(num_slots - 1, device=device).expand(batch, -1)
     free_order = torch.argsort(torch.where(stays, num_slots + positions, positions), dim=1, stable=True)
     enter_order = torch.argsort(torch.where(entering, positions, num_slots + positions), dim=1, stable=True)
     moved = torch.gather(wanted, 1, enter_order)  # entering classes first
     new_others = others.clone()
     count = (~stays).sum(1, keepdim=True)
     take = positions < count  # the first `count` free slots are filled
-    rows = torch.arange(batch)[:, None].expand(-1, num_slots - 1)
+    rows = torch.arange(batch, device=device)[:, None].expand(-1, num_slots - 1)
     new_others[rows[take], free_order[take]] = moved[take]
     new_slots = torch.cat([labels[:, None], new_others], dim=1)
     fresh = new_slots != old_slots

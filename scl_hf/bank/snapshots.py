@@ -1,22 +1,24 @@
 """Bank state inside checkpoints, so that `train(resume_from_checkpoint=...)` continues exactly.
 
 Every `checkpoint-N/` gets a `scl_bank/` folder that is self-contained (it can be copied elsewhere, and
-Trainer's `save_total_limit` rotation deletes it together with its checkpoint) yet does not copy the whole
-bank each time:
+Trainer's `save_total_limit` rotation deletes it together with its checkpoint) and owns its files:
 
-- `base-<step>.<array>.npy`: a full copy of every bank file at some earlier checkpoint (in-kernel `sendfile`);
-- `delta-<step>.rows`: the rows written between two consecutive checkpoints, as they were at the later one;
-- `manifest.json`: the bank header, the base, and the ordered list of deltas to apply on top of it.
+- `base-<step>-<token>.<array>.npy`: a full copy of every bank file (in-kernel `sendfile`);
+- `delta-<step>-<token>.rows`: the rows written between two consecutive checkpoints, as they were at the later one;
+- `manifest.json`: the bank header, the base, the ordered deltas, and a checksum of every file.
 
-Checkpoint N+1 hard-links the base and the deltas of checkpoint N (no data copied, and deleting N later only
-drops names) and adds one delta with the rows written since N. When the deltas of a chain would outweigh
-the base, or N is gone, a new full base is written instead: the total cost is then about two bank copies
-per chain, whatever the number of checkpoints (docs/bank.md has the measurements). Restoring copies the base
-into the live bank folder and replays the deltas in order.
+No file is shared between checkpoints (formerly the base was hard-linked into every later checkpoint, so
+one damaged file damaged them all). Where the file system can clone (reflink: XFS, Btrfs, ...), checkpoint
+N+1 clones the base and deltas of N — free, copy-on-write, so damage to one copy stays in it — and adds one
+delta; elsewhere (ext4) it writes a new base, as cheap as copying the old one. A resume checks every file
+against the manifest's checksum before it touches the live bank, and refuses a damaged snapshot with the
+checkpoints to resume from instead.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shutil
@@ -26,23 +28,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .bank import (
+from .dense import SCLBank
+from .files import (
     HEADER_NAME,
     BankCorruptError,
     BankHeader,
     BankMismatchError,
-    SCLBank,
-    _bank_class,
     array_specs,
     check_compatible,
+    file_checksum,
     header_nbytes,
     read_header,
     write_header,
 )
+from .layouts import layout_class
 
 SNAPSHOT_DIR = "scl_bank"
 MANIFEST_NAME = "manifest.json"
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2  # 2: checksums of every file, no hard links
+FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int), a reflink of a whole file
 MAX_CHAIN_RATIO = 1.0  # a chain's deltas may add up to this fraction of the base before a new base is taken
 
 
@@ -66,12 +70,19 @@ def copy_file(source: Path, target: Path) -> None:
         raise OSError(f"short copy of {source} to {target}")
 
 
-def link_or_copy(source: Path, target: Path) -> None:
-    """A hard link (free, and each checkpoint stays whole on its own), or a copy where links are refused."""
-    try:
-        os.link(source, target)
-    except OSError:
-        copy_file(source, target)
+def clone_file(source: Path, target: Path) -> bool:
+    """A reflink (copy-on-write clone) of `source`: True when done, False where the file system cannot."""
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        try:
+            fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+            return True
+        except OSError as err:
+            if err.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM):
+                pass
+            else:
+                raise
+    target.unlink(missing_ok=True)
+    return False
 
 
 def read_manifest(folder: Path) -> dict:
@@ -113,19 +124,23 @@ def save_snapshot(bank: SCLBank, checkpoint_dir: str | os.PathLike, previous: Sn
     usable = previous is not None and _still_there(previous)
     chain = previous.manifest["delta_bytes"] if usable else 0
     try:
-        if usable and chain + len(rows) * row_bytes <= MAX_CHAIN_RATIO * base_bytes:
-            for name in previous.files():
-                link_or_copy(previous.folder / name, tmp / name)
+        manifest = None
+        if usable and chain + len(rows) * row_bytes <= MAX_CHAIN_RATIO * base_bytes \
+                and _clone_all(previous, tmp):
             delta = f"delta-{step:09d}-{token}.rows"
             _write_rows(tmp / delta, bank, rows)
             manifest = dict(previous.manifest, deltas=[*previous.manifest["deltas"], delta],
-                            delta_bytes=chain + len(rows) * row_bytes)
-        else:
+                            delta_bytes=chain + len(rows) * row_bytes,
+                            checksums={**previous.manifest.get("checksums", {}), delta: file_checksum(tmp / delta)})
+        if manifest is None:  # a new base: no clones here, a new chain, or the chain outweighs its base
+            for name in tmp.iterdir():
+                name.unlink()
             base = f"base-{step:09d}-{token}"
             for name in bank.arrays:
                 copy_file(bank.folder / f"{name}.npy", tmp / f"{base}.{name}.npy")
             manifest = dict(format=SNAPSHOT_FORMAT, lineage=uuid.uuid4().hex, base=base, deltas=[], delta_bytes=0,
                             arrays=list(bank.arrays))
+            manifest["checksums"] = {f.name: file_checksum(f) for f in sorted(tmp.iterdir())}
         manifest["header"] = asdict(bank.header)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
         if target.exists():
@@ -136,6 +151,43 @@ def save_snapshot(bank: SCLBank, checkpoint_dir: str | os.PathLike, previous: Sn
         raise
     bank.written_rows[:] = False
     return Snapshot(target, manifest)
+
+
+def _clone_all(previous: Snapshot, tmp: Path) -> bool:
+    """Clone every file of the previous snapshot into `tmp`; False (nothing kept) where clones are refused."""
+    for name in previous.files():
+        if not clone_file(previous.folder / name, tmp / name):
+            return False
+    return True
+
+
+def verify_snapshot(folder: Path, manifest: dict) -> None:
+    """Every file of the snapshot against the manifest's checksum (format 1, without checksums: sizes only
+    through the restore's own checks); a damaged snapshot is refused with the checkpoints to use instead."""
+    checksums = manifest.get("checksums", {})
+    problems = []
+    for name in [f"{manifest['base']}.{array}.npy" for array in manifest["arrays"]] + list(manifest["deltas"]):
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif name in checksums and file_checksum(path) != checksums[name]:
+            problems.append(f"{name} does not match its checksum (truncated or damaged)")
+    if problems:
+        raise BankCorruptError(
+            f"the checkpoint's bank snapshot {folder} is damaged: " + "; ".join(problems) + ". Nothing was "
+            f"restored. {_other_checkpoints(folder)}"
+        )
+
+
+def _other_checkpoints(folder: Path) -> str:
+    """How to recover from a damaged snapshot: the other checkpoints next to it, or a fresh start."""
+    checkpoint = Path(folder).parent
+    others = sorted((p for p in checkpoint.parent.glob("checkpoint-*") if p != checkpoint and (p / SNAPSHOT_DIR).is_dir()),
+                    key=lambda p: int(p.name.rsplit("-", 1)[-1]) if p.name.rsplit("-", 1)[-1].isdigit() else -1)
+    if others:
+        return (f"Resume from another checkpoint instead, e.g. trainer.train(resume_from_checkpoint='{others[-1]}') "
+                f"(checkpoints with a bank snapshot: {', '.join(p.name for p in others)}), or start a fresh run.")
+    return "No other checkpoint with a bank snapshot is there: start a fresh run (resume_from_checkpoint=None)."
 
 
 def _still_there(snapshot: Snapshot) -> bool:
@@ -165,6 +217,7 @@ def restore_snapshot(checkpoint_dir: str | os.PathLike, bank_dir: str | os.PathL
     manifest = read_manifest(source)
     saved = BankHeader(**manifest["header"])
     check_compatible(saved, expected, source)
+    verify_snapshot(source, manifest)
     folder = Path(bank_dir)
     if (folder / HEADER_NAME).exists():
         try:
@@ -180,7 +233,7 @@ def restore_snapshot(checkpoint_dir: str | os.PathLike, bank_dir: str | os.PathL
         tmp = folder / f"{name}.npy.restore"
         copy_file(source / f"{manifest['base']}.{name}.npy", tmp)
         os.replace(tmp, folder / f"{name}.npy")
-    bank = _bank_class(saved)(folder, saved, writable=True)
+    bank = layout_class(saved.layout)(folder, saved, writable=True)
     bank._clean = False
     for delta in manifest["deltas"]:
         with open(source / delta, "rb") as f:

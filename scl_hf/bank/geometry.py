@@ -22,7 +22,10 @@ ROI_SAMPLING_RATIO = 0
 
 
 def _mirror_rows(tensor: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """Mirror (last axis) the rows whose flip flag is set, in place: no copy of the unflipped rows."""
+    """Mirror (last axis) the rows whose flip flag is set. On the CPU in place (no copy of the unflipped rows);
+    on an accelerator by a select, since indexing by the flags would wait for the device (a host sync)."""
+    if tensor.device.type != "cpu":
+        return torch.where(flips.reshape(-1, *([1] * (tensor.dim() - 1))).bool(), tensor.flip(-1), tensor)
     rows = torch.nonzero(flips.reshape(-1).bool(), as_tuple=True)[0]
     if len(rows):
         tensor[rows] = tensor[rows].flip(-1)
@@ -107,7 +110,9 @@ def spatial_targets(
     stacked = torch.empty((batch, channels + 1, *heat_rows.shape[-2:]), dtype=torch.float32, device=heat_rows.device)
     stacked[:, :channels] = heat_rows
     stacked[:, channels:] = observed
-    if not bool(observed.all()):  # later epochs: every cell observed, the mask would multiply by 1
+    # later epochs: every cell observed, the mask would multiply by 1 (skipped on the CPU only: asking an
+    # accelerator whether all cells are observed would wait for it, a host sync)
+    if heat_rows.device.type != "cpu" or not bool(observed.all()):
         stacked[:, :channels] *= stacked[:, channels:]
     cut = cut_crop(stacked, boxes, flips, out_size)
     summed, weight = cut[:, :channels], cut[:, channels:]

@@ -1,0 +1,253 @@
+"""SharedBank: the bank as the training processes see it — one object, five calls.
+
+`SharedBank.setup` (fresh or resumed) → per step `read` (a batch → its targets) and `write` (the batch's
+predictions and maps) → `save` (into a checkpoint) → `close`. It owns everything that involves processes:
+the node-local check, who writes (each node's local main process; the others open the files read-only),
+the gather of the global batch, the de-duplication (within a step, and across steps: accelerate pads the
+last step of an epoch with rows of the first), the barrier that orders a step's writes before the next
+step's reads, and the per-process weights that make DDP's gradient average equal one process training on
+the global batch. The layouts (dense.py, sparse.py) know none of this. The protocol: docs/bank.md.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate.utils import broadcast_object_list
+
+from .files import BankHeader, check_free_space
+from .layouts import open_bank
+from .snapshots import Snapshot, restore_snapshot, save_snapshot
+
+
+@dataclass
+class BankRead:
+    """What the bank holds for one process's batch, on the batch's device.
+
+    `fresh` (B,) is False for a row already written in this epoch (accelerate's padding of the last step):
+    its losses are left out and it is not written again, so every image counts once per epoch."""
+
+    fresh: torch.Tensor
+    running: torch.Tensor | None = None  # (B, C) running-average predictions P̄
+    seen: torch.Tensor | None = None  # (B,) observations so far
+    targets: torch.Tensor | None = None  # (B, C, h, w) stored heatmaps cut under the crop
+    weights: torch.Tensor | None = None  # (B, h, w) observed fraction of each cell
+    rows: dict | None = None  # the raw bank rows read for this batch, on its device: `write` starts from them
+
+
+class SharedBank:
+    """The bank of one run across the processes of `accelerator` (see the module docstring)."""
+
+    def __init__(self, accelerator, store, header: BankHeader, momentum: float, heatmap_momentum: float,
+                 snapshot: Snapshot | None = None):
+        self.accelerator = accelerator
+        self.store = store  # the layout's bank object (SCLBank / SparseSCLBank), writable on the local main
+        self.header = header
+        self.momentum, self.heatmap_momentum = momentum, heatmap_momentum
+        self.snapshot = snapshot
+        self._writer: threading.Thread | None = None  # this step's store, running while the backward does
+        self._writer_error: BaseException | None = None
+        self._unsettled = False  # a write was issued since the last barrier
+
+    # ------------------------------------------------------------------ set up or resume
+    @classmethod
+    def setup(cls, accelerator, folder: str | Path, header: BankHeader, momentum: float, heatmap_momentum: float,
+              resume_from: str | None = None, snapshot_dir: str | Path | None = None) -> SharedBank:
+        """The local main process of every node makes its own copy — fresh, or restored from the checkpoint
+        being resumed (checked against its checksums first) — and the node's other processes open it
+        read-only. `snapshot_dir`: where checkpoints go, counted in the free-space check."""
+        folder = Path(folder)
+        check_node_local(accelerator, folder)
+        snapshot = None
+        if accelerator.is_local_main_process:
+            check_free_space(folder, header, Path(snapshot_dir) if snapshot_dir is not None else None)
+            if resume_from is not None:
+                store, snapshot = restore_snapshot(resume_from, folder, header)
+            else:  # a run from step 0 starts its bank over; a dirty bank (crashed run) is refused instead
+                store = open_bank(folder, header, writable=True, create=True, reset=True)
+        accelerator.wait_for_everyone()
+        if not accelerator.is_local_main_process:
+            store = open_bank(folder, header, writable=False, create=False)
+        return cls(accelerator, store, header, momentum, heatmap_momentum, snapshot)
+
+    @property
+    def writable(self) -> bool:
+        return self.store.writable
+
+    # ------------------------------------------------------------------ per step
+    @torch.no_grad()
+    def read(self, inputs: dict, epoch: int, out_size: tuple[int, int] | None, device: torch.device) -> BankRead:
+        """This process's rows: P̄ and counts, and (with `out_size`, the class maps' h × w) the heatmaps cut
+        under each view's crop. Every read of a step sees every write of the steps before it (docs/bank.md)."""
+        self.settle()
+        indices, cache = inputs.get("index_host", inputs["index"]), {}  # host indices: reading needs no sync
+        running, seen, stamps = self.store.rows_on(device, indices, "predictions", "seen", "stamps", cache=cache)
+        fresh = stamps != epoch + 1
+        targets = weights = None
+        if out_size is not None and self.store.heatmaps is not None:
+            targets, weights = self.store.read_spatial(indices, inputs["boxes"], inputs["flips"], out_size,
+                                                       device=device, cache=cache)
+        return BankRead(fresh, running, seen.long(), targets, weights, cache)
+
+    @torch.no_grad()
+    def write(self, inputs: dict, logits: torch.Tensor, class_maps: torch.Tensor | None, read: BankRead,
+              epoch: int) -> None:
+        """Gather this step's rows from every process, keep each image once (first copy in the step, and not
+        at all when it was already written this epoch), and hand them to a writer thread on each node's
+        local main: the store runs while the backward does. The next `read` (or `save`, `close`) waits for
+        it and then for every process (`settle`), so the next step's reads see this step's writes."""
+        probs = torch.sigmoid(logits.detach())
+        maps = None if class_maps is None else torch.sigmoid(class_maps.detach())
+        rows = self.store.new_rows(inputs.get("index_host", inputs["index"]), probs, self.momentum, inputs["boxes"],
+                                   inputs["flips"], maps, self.heatmap_momentum, inputs["label"],
+                                   cache=read.rows)  # this process's rows, on its device
+        rows.update(indices=inputs["index"], fresh=read.fresh)
+        layout = None
+        if self.accelerator.num_processes > 1:  # one collective for everything; only writers unpack (in the thread)
+            packed, layout = pack_rows(rows)
+            rows = self.accelerator.gather(packed)
+        if self.store.writable:  # the de-dup and the device-to-host copy wait for the device: in the thread
+            self._writer = threading.Thread(target=self._store, args=(rows, layout, epoch), name="scl-bank-writer",
+                                            daemon=True)
+            self._writer.start()
+        self._unsettled = True
+
+    def _store(self, rows, layout: list | None, epoch: int) -> None:
+        """Keep each image once — its first copy in the step, and only when not written earlier in the epoch —
+        and store the rows (on the writer thread; `layout`: the rows arrive packed by `pack_rows`)."""
+        try:
+            rows = unpack_rows(rows.cpu(), layout) if layout is not None else {k: v.cpu() for k, v in rows.items()}
+            indices, fresh = rows.pop("indices"), rows.pop("fresh")
+            keep = first_occurrence(indices)
+            keep = keep[fresh[keep].bool()]
+            self.store.store_rows(indices[keep], {k: v[keep] for k, v in rows.items()}, epoch)
+        except BaseException as err:  # re-raised in the training thread by settle()
+            self._writer_error = err
+
+    def settle(self) -> None:
+        """Wait for the last write (the writer thread), then for every process: after this, every process
+        reads what every earlier step wrote. A no-op when nothing was written since the last settle."""
+        if not self._unsettled:
+            return
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        self._unsettled = False
+        if self._writer_error is not None:
+            error, self._writer_error = self._writer_error, None
+            raise RuntimeError("the bank's writer thread failed; the bank is marked dirty") from error
+        if self.accelerator.num_processes > 1:
+            self.accelerator.wait_for_everyone()
+
+    def stored_predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every row's P̄ (N, C) and whether it was ever written (N,), after the last write: for statistics over
+        the whole bank (the reliability gate), identical on every process."""
+        self.settle()
+        return (torch.from_numpy(np.asarray(self.store.predictions, dtype=np.float32)),
+                torch.from_numpy(np.asarray(self.store.seen) > 0))
+
+    def weight_share(self, weights: torch.Tensor) -> torch.Tensor:
+        """P·Σw_local / Σw_all: turns this process's weighted mean into its share of the weighted mean over the
+        global batch, so that DDP's gradient average equals one process training on the whole batch."""
+        if self.accelerator.num_processes == 1:
+            return torch.ones((), device=weights.device)
+        local = weights.float().sum().detach()
+        total = self.accelerator.reduce(local.clone(), reduction="sum")
+        return local * self.accelerator.num_processes / total.clamp_min(1e-6)
+
+    # ------------------------------------------------------------------ checkpoints and the end
+    def save(self, checkpoint_dir: str | Path, epoch: float, global_step: int, should_save: bool) -> None:
+        """A clean point on every node's writer; the process that saves the checkpoint snapshots the bank
+        into `checkpoint_dir/scl_bank` (checksummed, sharing no file with other checkpoints)."""
+        self.settle()
+        if self.store.writable:
+            self.store.mark(epoch, global_step)
+            if should_save:
+                self.snapshot = save_snapshot(self.store, checkpoint_dir, self.snapshot)
+
+    def close(self, epoch: float, global_step: int) -> None:
+        """The end of training: the last write done, data flushed, header clean, pages released."""
+        self.settle()
+        if self.store.writable:
+            self.store.mark(epoch, global_step)
+
+
+def check_node_local(accelerator, folder: Path) -> None:
+    """Each node's local main writes its own copy: two nodes sharing one bank folder would interleave writes."""
+    acc = accelerator
+    if acc.num_processes == 1:
+        return
+    token = broadcast_object_list([uuid.uuid4().hex if acc.is_main_process else None])[0]
+    marker = folder / f".writer-{token}-{acc.process_index}"
+    if acc.is_local_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    acc.wait_for_everyone()
+    writers = len(list(folder.glob(f".writer-{token}-*"))) if acc.is_local_main_process else 0
+    shared = acc.reduce(torch.tensor([int(writers > 1)], device=acc.device), reduction="sum").item()
+    marker.unlink(missing_ok=True)
+    if shared:
+        raise RuntimeError(
+            f"bank_dir {folder} is shared by several nodes; each node must keep its own copy on "
+            "node-local disk (docs/bank.md): set SCLConfig.bank_dir to a local path such as /tmp/scl_bank."
+        )
+
+
+def pack_rows(tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list]:
+    """Several (B, ...) tensors of any dtypes as one (B, bytes) uint8 tensor, and what `unpack_rows` needs."""
+    names = sorted(tensors)
+    batch = len(tensors[names[0]])
+    parts, layout = [], []
+    for name in names:
+        tensor = tensors[name].contiguous()
+        part = tensor.reshape(batch, -1)
+        part = part.to(torch.uint8) if part.dtype == torch.bool else part.view(torch.uint8)
+        parts.append(part)
+        layout.append((name, tensor.dtype, tuple(tensor.shape[1:]), part.shape[1]))
+    return torch.cat(parts, dim=1), layout
+
+
+def unpack_rows(packed: torch.Tensor, layout: list) -> dict[str, torch.Tensor]:
+    out, start = {}, 0
+    for name, dtype, shape, width in layout:
+        piece = packed[:, start:start + width].contiguous()
+        start += width
+        piece = piece.bool() if dtype == torch.bool else piece.view(dtype)
+        out[name] = piece.reshape(len(packed), *shape)
+    return out
+
+
+def gather_packed(accelerator, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """All-gather several (B, ...) tensors of any dtypes as one (B, bytes) uint8 tensor: one collective."""
+    packed, layout = pack_rows(tensors)
+    return unpack_rows(accelerator.gather(packed), layout)
+
+
+def first_occurrence(indices: torch.Tensor) -> torch.Tensor:
+    """Positions of the first occurrence of each distinct index (padding repeats rows across processes)."""
+    _, inverse = torch.unique(indices, return_inverse=True)
+    positions = torch.arange(len(indices), device=indices.device)
+    first = torch.full((int(inverse.max()) + 1 if len(indices) else 0,), len(indices), device=indices.device)
+    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
+    return first
+
+
+def row_gradient_mean(grad: torch.Tensor, indices: torch.Tensor, gather) -> torch.Tensor:
+    """DDP's mean of a per-image table's gradient (N, C) without an all-reduce of the whole table.
+
+    Only the rows of this step's batch have a gradient: each process sends those rows (B, C) with their
+    indices, and every process rebuilds Σ_p grad_p / P from the gathered rows. A row that occurs twice in a
+    process's batch is sent twice, each copy divided by its multiplicity, so the sum stays exact."""
+    indices = indices.long().reshape(-1)
+    multiplicity = (indices[:, None] == indices[None, :]).sum(1, keepdim=True).to(grad.dtype)
+    rows = grad[indices] / multiplicity
+    all_indices, all_rows = gather(indices.contiguous()), gather(rows.contiguous())
+    processes = len(all_indices) // max(len(indices), 1)
+    out = torch.zeros_like(grad)
+    out.index_put_((all_indices,), all_rows / processes, accumulate=True)
+    return out
