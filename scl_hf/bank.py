@@ -176,14 +176,15 @@ class SCLBank:
 
     def read_spatial(
         self, indices: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, out_size: tuple[int, int],
-        device: torch.device | str | None = None,
+        device: torch.device | str | None = None, cell_offset: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Stored heatmaps cut under each view's crop: targets (B, C, h, w) and weights (B, h, w), on `device`
-        (default: CPU) — the sparse layout builds its dense targets there."""
+        (default: CPU) — the sparse layout builds its dense targets there. `cell_offset`: where the model's
+        cells are centred (`ClassMapHook.grid.offset_cells`, see geometry.py)."""
         idx = indices.cpu().numpy()
         heat = torch.from_numpy(_take_rows(self.heatmaps, idx))
         coverage = torch.from_numpy(_take_rows(self.coverage, idx))
-        targets, weights = spatial_targets(heat, coverage, boxes.cpu(), flips.cpu(), out_size)
+        targets, weights = spatial_targets(heat, coverage, boxes.cpu(), flips.cpu(), out_size, cell_offset)
         return (targets.to(device), weights.to(device)) if device is not None else (targets, weights)
 
     # ----------------------------------------------------------------- writing
@@ -197,10 +198,12 @@ class SCLBank:
         map_probs: torch.Tensor | None = None,
         heatmap_momentum: float | None = None,
         labels: torch.Tensor | None = None,
+        cell_offset: float = 0.0,
     ) -> None:
         """EMA update of the rows in `indices` (unique) with this step's probabilities and class maps.
 
         `labels` (the observed class of each row) is only needed by the sparse layout, which always keeps it.
+        `cell_offset`: where the model's cells are centred, as for `read_spatial`.
         """
         idx = self._check_writable(indices)
         self._update_predictions(idx, probs, momentum)
@@ -213,6 +216,7 @@ class SCLBank:
                     torch.from_numpy(_take_rows(self.coverage, rows_idx)),
                     maps[part], boxes[part], flips[part],
                     momentum if heatmap_momentum is None else heatmap_momentum,
+                    cell_offset=cell_offset,
                 )
                 self.heatmaps[rows_idx] = rows.half().numpy()  # torch converts to fp16 ~20x faster than numpy
                 self.coverage[rows_idx] = coverage.numpy()

@@ -36,7 +36,7 @@ class SparseSCLBank(SCLBank):
 
     def read_spatial(
         self, indices: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, out_size: tuple[int, int],
-        device: torch.device | str | None = None,
+        device: torch.device | str | None = None, cell_offset: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Targets (B, C, h, w): cut slot maps at their classes, 0 elsewhere; weights (B, h, w) as dense.
 
@@ -46,7 +46,7 @@ class SparseSCLBank(SCLBank):
         heat = torch.from_numpy(_take_rows(self.heatmaps, idx))
         coverage = torch.from_numpy(_take_rows(self.coverage, idx))
         slots = torch.from_numpy(_take_rows(self.slots, idx)).long()
-        slot_targets, weights = spatial_targets(heat, coverage, boxes.cpu(), flips.cpu(), out_size)
+        slot_targets, weights = spatial_targets(heat, coverage, boxes.cpu(), flips.cpu(), out_size, cell_offset)
         row, slot = torch.nonzero(slots >= 0, as_tuple=True)
         values, classes = slot_targets[row, slot], slots[row, slot]
         if device is not None:
@@ -65,6 +65,7 @@ class SparseSCLBank(SCLBank):
         map_probs: torch.Tensor | None = None,
         heatmap_momentum: float | None = None,
         labels: torch.Tensor | None = None,
+        cell_offset: float = 0.0,
     ) -> None:
         if map_probs is not None and labels is None:
             raise ValueError("the sparse bank keeps the observed class's heatmap: pass labels= to update()")
@@ -88,6 +89,7 @@ class SparseSCLBank(SCLBank):
             flips.cpu(),
             momentum if heatmap_momentum is None else heatmap_momentum,
             fresh=fresh,
+            cell_offset=cell_offset,
         )
         self.heatmaps[idx] = pasted.half().numpy()
         self.coverage[idx] = coverage.numpy()
