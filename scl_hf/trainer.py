@@ -320,7 +320,8 @@ class SCLTrainer(Trainer):
                 class_maps = self.map_hook.pop_maps().float()
             if active:
                 map_targets, cell_weights = self.bank.read_spatial(  # built on the maps' device (sparse layout)
-                    indices, inputs["boxes"], inputs["flips"], tuple(class_maps.shape[-2:]), device=class_maps.device
+                    indices, inputs["boxes"], inputs["flips"], tuple(class_maps.shape[-2:]), device=class_maps.device,
+                    cell_offset=self.map_hook.grid.offset_cells,
                 )
 
         running = seen = None
@@ -389,6 +390,7 @@ class SCLTrainer(Trainer):
                 rows["indices"], rows["probs"], self.args.momentum,
                 boxes=rows["boxes"], flips=rows["flips"].bool(),
                 map_probs=rows.get("maps"), heatmap_momentum=self.args.heatmap_momentum, labels=rows.get("labels"),
+                cell_offset=self.map_hook.grid.offset_cells if self.map_hook is not None else 0.0,
             )
         if self.accelerator.num_processes > 1:
             self.accelerator.wait_for_everyone()  # the next step's reads must see this step's writes
