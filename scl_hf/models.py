@@ -282,6 +282,12 @@ def _hf_vit_hook(model: ViTForImageClassification) -> ClassMapHook:
     return ClassMapHook(model.vit.layernorm, to_maps, capture="output")
 
 
+def _hf_resnet_grid(config) -> CellGrid:
+    """transformers' ResNet: 7×7/2 and 3×3/2 convolutions padded on both sides, 1×1/2 shortcuts (no ResNet-D)."""
+    stride = 4 * 2 ** (len(config.depths) - 1) * (2 if config.downsample_in_first_stage else 1)
+    return CellGrid.padded(stride)
+
+
 @dataclass(frozen=True)
 class MapAdapter:
     model_type: type
@@ -295,8 +301,7 @@ CLASS_MAP_ADAPTERS: list[MapAdapter] = [
         TimmWrapperForImageClassification, lambda m: timm_class_map_hook(m.timm_model), exact=True,
         grid=lambda m: timm_cell_grid(m.timm_model),
     ),
-    # transformers' ResNet: 7×7/2 and 3×3/2 convolutions padded on both sides, 1×1/2 shortcuts
-    MapAdapter(ResNetForImageClassification, _hf_resnet_hook, exact=True, grid=lambda m: CellGrid.padded(32)),
+    MapAdapter(ResNetForImageClassification, _hf_resnet_hook, exact=True, grid=lambda m: _hf_resnet_grid(m.config)),
     MapAdapter(ConvNextForImageClassification, _hf_convnext_hook, exact=False, grid=lambda m: CellGrid(32, 0.0)),
     MapAdapter(
         ViTForImageClassification, _hf_vit_hook, exact=False, grid=lambda m: CellGrid(_side(m.config.patch_size), 0.0)
