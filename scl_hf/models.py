@@ -4,7 +4,8 @@ Class maps are the model's own classifier applied at every position of its last 
 taken with a forward hook during the one ordinary forward pass (so the call still goes through
 DistributedDataParallel and its gradient hooks), then the head is applied per location. For a
 pool → linear head the maps average exactly to the logits; for heads with a norm after pooling
-(ConvNeXt, ViT with fc_norm) they are the usual CAM approximation.
+(ConvNeXt, ViT with fc_norm) they are the usual CAM approximation. Each adapter also states where its
+cells are centred in the view (`CellGrid`, `ClassMapHook.grid`): the bank's cut and paste-back need it.
 """
 
 from __future__ import annotations

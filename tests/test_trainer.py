@@ -253,3 +253,9 @@ def test_the_trainer_cuts_and_pastes_at_the_models_cell_centres(tiny_synthetic, 
     centred, _ = paste_crop(heat, coverage, new_maps, boxes, flips, momentum)
     torch.testing.assert_close(stored, expected.half().float(), atol=2e-3, rtol=0)
     assert (stored - centred).abs().max() > 1e-2
+
+
+def test_a_view_that_is_not_a_multiple_of_the_stride_warns(tiny_synthetic, tmp_path):
+    dataset = tiny_synthetic["train"]
+    with pytest.warns(UserWarning, match=r"image_size=88 is not a multiple .*\(32 px\).*use image_size=96"):
+        SCLTrainer(model=create_model("resnet18", num_labels=5), args=make_args(tmp_path, image_size=88), train_dataset=dataset)
