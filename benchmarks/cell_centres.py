@@ -37,19 +37,22 @@ from scl_hf.receptive import gradient_centroids
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+WIDE_REACH = 2  # models whose squeeze-excitation reaches the whole image: this many times the seeds (noisier)
+
+
 def timm(name: str, **kwargs):
     return lambda: create_model(name, num_labels=10, **kwargs)
 
 
-# label → (family, model factory, view side)
+# label → (family, model factory, view side[, seed multiplier])
 MODELS = {
     "resnet50": ("resnet", timm("resnet50"), 448),
     "resnet18": ("resnet", timm("resnet18"), 224),
     "resnet10t (timm init)": ("resnet-d", timm("resnet10t"), 224),
     "resnet10t (live residuals)": ("resnet-d", timm("resnet10t", zero_init_last=False), 224),
     # squeeze-excitation reaches the whole image: a wider view keeps more cells clear of the border's pull
-    "efficientnet_b0": ("efficientnet", timm("efficientnet_b0"), 448),
-    "tf_efficientnet_b0": ("efficientnet (TF SAME)", timm("tf_efficientnet_b0"), 448),
+    "efficientnet_b0": ("efficientnet", timm("efficientnet_b0"), 448, WIDE_REACH),
+    "tf_efficientnet_b0": ("efficientnet (TF SAME)", timm("tf_efficientnet_b0"), 448, WIDE_REACH),
     "regnetx_002": ("regnet", timm("regnetx_002"), 224),
     "convnext_atto": ("convnext", timm("convnext_atto"), 224),
     "vit_tiny_patch16_224": ("vit", timm("vit_tiny_patch16_224"), 224),
@@ -80,6 +83,7 @@ def measure(factory, side: int, seeds: int) -> dict:
     margin = max(1, len(centroids) // 4)  # border cells are pulled inwards (for efficientnet up to 3 of 14)
     inner = offsets_px[margin:-margin]
     return {
+        "seeds": seeds,
         "view_px": side,
         "cells": list(grid),
         "inner_cells": [margin, len(centroids) - margin - 1],
@@ -96,20 +100,20 @@ def markdown(results: dict, meta: dict) -> str:
     lines = [
         "# Where class-map cells are centred (input-gradient centroid)",
         "",
-        f"{meta['date']}, {meta['machine']}, torch {meta['torch']}, timm {meta['timm']}; {meta['seeds']} random "
+        f"{meta['date']}, {meta['machine']}, torch {meta['torch']}, timm {meta['timm']}; `seeds` random "
         "initialisations × 1 random input each; offsets in pixels of the view, relative to the old assumption "
         "(i + 0.5)·stride; measured = mean over the inner diagonal cells (x, y; a quarter of the cells, at least "
         "one, left out on each side); spread = their std.",
         "",
-        "| model | family | view | cells | stride | stated offset | measured x / y | spread x / y | worst inner |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | family | view | cells | stride | seeds | stated offset | measured x / y | spread x / y | worst inner |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, row in results.items():
         mx, my = row["measured_offset_px"]
         sx, sy = row["inner_cell_spread_px"]
         lines.append(
             f"| {label} | {row['family']} | {row['view_px']} | {row['cells'][1]} | {row['stride_px']:g} | "
-            f"{row['stated_offset_px']:+.1f} | {mx:+.1f} / {my:+.1f} | {sx:.1f} / {sy:.1f} | "
+            f"{row['seeds']} | {row['stated_offset_px']:+.1f} | {mx:+.1f} / {my:+.1f} | {sx:.1f} / {sy:.1f} | "
             f"{row['worst_inner_error_px']:.1f} |"
         )
     if "resnet50" in results:
@@ -121,18 +125,18 @@ def markdown(results: dict, meta: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=2, help="random initialisations per model (efficientnets: twice)")
     parser.add_argument("--only", default="", help="comma-separated substrings of model labels")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     wanted = [w for w in args.only.split(",") if w]
     results = {}
-    for label, (family, factory, side) in MODELS.items():
+    for label, (family, factory, side, *multiplier) in MODELS.items():
         if wanted and not any(w in label for w in wanted):
             continue
         start = time.perf_counter()
-        results[label] = {"family": family, **measure(factory, side, args.seeds)}
+        results[label] = {"family": family, **measure(factory, side, args.seeds * (multiplier or [1])[0])}
         results[label]["seconds"] = round(time.perf_counter() - start, 1)
         row = results[label]
         print(f"{label:45s} stated {row['stated_offset_px']:+6.1f}  measured {row['measured_offset_px']}  "
@@ -141,7 +145,7 @@ def main() -> None:
 
     meta = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-        "torch": torch.__version__, "timm": timm_module.__version__, "seeds": args.seeds,
+        "torch": torch.__version__, "timm": timm_module.__version__,
     }
     RESULTS_DIR.mkdir(exist_ok=True)
     previous = RESULTS_DIR / "cell_centres.json"
