@@ -21,7 +21,7 @@ from transformers import (
 from scl_hf.models import attach_class_maps, create_model
 from scl_hf.receptive import gradient_centroids
 
-SEEDS = (0, 1)  # random initialisations averaged (one random input each)
+SEEDS = (0, 1, 2)  # random initialisations averaged (one random input each)
 MEAN_TOLERANCE, CELL_TOLERANCE = 1 / 8, 1 / 4  # in cells
 
 
@@ -32,7 +32,7 @@ def hf_resnet(num_labels=3):
 
 def hf_convnext(num_labels=3):
     return ConvNextForImageClassification(ConvNextConfig(
-        hidden_sizes=[8, 8, 16, 16], depths=[1, 1, 1, 1], num_labels=num_labels))
+        hidden_sizes=[16, 16, 32, 32], depths=[1, 1, 1, 1], num_labels=num_labels))
 
 
 def hf_vit(num_labels=3):
