@@ -54,7 +54,7 @@ def cut_crop(
     """RoIAlign of (B, K, S, S) bank rows under normalised boxes (B, 4) → (B, K, h, w) in the view's frame.
 
     Each output cell averages the bank over one cell-sized bin centred where the view's cell is centred
-    (`cell_offset`); parts of a bin more than a bank pixel outside the image read 0 (RoIAlign's rule)."""
+    (`cell_offset`); samples more than half a bank pixel outside the image read 0 (RoIAlign's rule)."""
     boxes = view_cell_boxes(boxes, flips, out_size, cell_offset)
     size_y, size_x = bank_rows.shape[-2:]
     scale = torch.tensor([size_x, size_y, size_x, size_y], dtype=torch.float32, device=bank_rows.device)
