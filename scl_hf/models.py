@@ -4,7 +4,8 @@ Class maps are the model's own classifier applied at every position of its last 
 taken with a forward hook during the one ordinary forward pass (so the call still goes through
 DistributedDataParallel and its gradient hooks), then the head is applied per location. For a
 pool → linear head the maps average exactly to the logits; for heads with a norm after pooling
-(ConvNeXt, ViT with fc_norm) they are the usual CAM approximation.
+(ConvNeXt, ViT with fc_norm) they are the usual CAM approximation. Each adapter also states where its
+cells are centred in the view (`CellGrid`, `ClassMapHook.grid`): the bank's cut and paste-back need it.
 """
 
 from __future__ import annotations
@@ -81,11 +82,91 @@ def normalization_for(model: nn.Module, processor=None) -> tuple[tuple[float, ..
     return IMAGENET_MEAN, IMAGENET_STD
 
 
+# --------------------------------------------------------------------------- where cells are centred
+@dataclass(frozen=True)
+class CellGrid:
+    """Where the cells of a class map sit in the view: cell i is centred at (i + 0.5)·stride_px + offset_px
+    pixels (pixel k spans [k, k + 1)), along x and y alike. Properties of the architecture, not of the image
+    size; the geometry takes `offset_cells` (exact when the view size is a multiple of the stride).
+
+    Measured with the input-gradient centroid (scl_hf/receptive.py, docs/method.md): symmetric padding of
+    stride-2 convolutions puts output j over input 2j, so a stride-32 CNN centres cell i at 32·i + 0.5 px
+    (offset −15.5 px); TF 'SAME' padding pads right/bottom and centres it at 32·i + 31.5 (+15.5 px);
+    patchifying stems (ViT, ConvNeXt, Swin) centre it on its patch (0)."""
+
+    stride_px: int = 32
+    offset_px: float = 0.0
+
+    @property
+    def offset_cells(self) -> float:
+        return self.offset_px / self.stride_px
+
+    @classmethod
+    def padded(cls, stride_px: int) -> CellGrid:
+        return cls(stride_px, -(stride_px - 1) / 2)
+
+    @classmethod
+    def same_padded(cls, stride_px: int) -> CellGrid:
+        return cls(stride_px, (stride_px - 1) / 2)
+
+
+def _side(size: int | tuple[int, ...] | list[int]) -> int:
+    return int(size if isinstance(size, int) else size[0])
+
+
+def _timm_stride(m: nn.Module) -> int:
+    info = getattr(m, "feature_info", None)
+    return int(info[-1]["reduction"]) if info else 32
+
+
+def _timm_padded_grid(m: nn.Module) -> CellGrid:
+    stride = _timm_stride(m)
+    if any(isinstance(module, timm.layers.Conv2dSame) for module in m.modules()):  # tf_* ports
+        return CellGrid.same_padded(stride)
+    return CellGrid.padded(stride)
+
+
+def _timm_resnet_grid(m: nn.Module) -> CellGrid:
+    """ResNet-D (avg_down: resnet10t, resnet50d, …) downsamples the shortcut with a 2×2 average pool, which
+    centres that path at 32·i + 14.5 px against 32·i + 0.5 for the convolutions: the two are averaged
+    (−8.5 px, within 7 px of either; at timm's init the residual branches are zero and the shortcut alone
+    measures −1.5 px)."""
+    grid = _timm_padded_grid(m)
+    downsample = getattr(getattr(m, "layer2", [None])[0], "downsample", None)
+    if isinstance(downsample, nn.Sequential) and isinstance(downsample[0], nn.AvgPool2d):
+        return CellGrid(grid.stride_px, (grid.offset_px - 1.5) / 2)
+    return grid
+
+
+def _timm_centred_grid(m: nn.Module) -> CellGrid:
+    return CellGrid(_timm_stride(m), 0.0)
+
+
+# timm model class → its grid; a class not listed is taken as centred (offset 0), the geometry's old rule
+TIMM_CELL_GRIDS: dict[str, Callable[[nn.Module], CellGrid]] = {
+    "ResNet": _timm_resnet_grid,
+    "EfficientNet": _timm_padded_grid,
+    "RegNet": _timm_padded_grid,
+    "ConvNeXt": _timm_centred_grid,
+    "VisionTransformer": _timm_centred_grid,
+    "SwinTransformer": _timm_centred_grid,
+}
+
+
+def timm_cell_grid(m: nn.Module) -> CellGrid:
+    return TIMM_CELL_GRIDS.get(type(m).__name__, _timm_centred_grid)(m)
+
+
 # --------------------------------------------------------------------------- class-map hooks
 class ClassMapHook:
-    """Captures a feature tensor during forward and turns it into (B, C, h, w) class maps on demand."""
+    """Captures a feature tensor during forward and turns it into (B, C, h, w) class maps on demand.
 
-    def __init__(self, module: nn.Module, to_maps: Callable[[torch.Tensor], torch.Tensor], capture: str):
+    `grid` says where the maps' cells are centred in the view (set by `attach_class_maps`)."""
+
+    def __init__(
+        self, module: nn.Module, to_maps: Callable[[torch.Tensor], torch.Tensor], capture: str, grid: CellGrid | None = None
+    ):
+        self.grid = grid or CellGrid()
         self._to_maps = to_maps
         self._captured: torch.Tensor | None = None
         self._computing = False
@@ -202,18 +283,30 @@ def _hf_vit_hook(model: ViTForImageClassification) -> ClassMapHook:
     return ClassMapHook(model.vit.layernorm, to_maps, capture="output")
 
 
+def _hf_resnet_grid(config) -> CellGrid:
+    """transformers' ResNet: 7×7/2 and 3×3/2 convolutions padded on both sides, 1×1/2 shortcuts (no ResNet-D)."""
+    stride = 4 * 2 ** (len(config.depths) - 1) * (2 if config.downsample_in_first_stage else 1)
+    return CellGrid.padded(stride)
+
+
 @dataclass(frozen=True)
 class MapAdapter:
     model_type: type
     build: Callable[[nn.Module], ClassMapHook]
     exact: bool  # do the maps average exactly to the logits?
+    grid: Callable[[nn.Module], CellGrid]  # where its cells are centred
 
 
 CLASS_MAP_ADAPTERS: list[MapAdapter] = [
-    MapAdapter(TimmWrapperForImageClassification, lambda m: timm_class_map_hook(m.timm_model), exact=True),
-    MapAdapter(ResNetForImageClassification, _hf_resnet_hook, exact=True),
-    MapAdapter(ConvNextForImageClassification, _hf_convnext_hook, exact=False),
-    MapAdapter(ViTForImageClassification, _hf_vit_hook, exact=False),
+    MapAdapter(
+        TimmWrapperForImageClassification, lambda m: timm_class_map_hook(m.timm_model), exact=True,
+        grid=lambda m: timm_cell_grid(m.timm_model),
+    ),
+    MapAdapter(ResNetForImageClassification, _hf_resnet_hook, exact=True, grid=lambda m: _hf_resnet_grid(m.config)),
+    MapAdapter(ConvNextForImageClassification, _hf_convnext_hook, exact=False, grid=lambda m: CellGrid(32, 0.0)),
+    MapAdapter(
+        ViTForImageClassification, _hf_vit_hook, exact=False, grid=lambda m: CellGrid(_side(m.config.patch_size), 0.0)
+    ),
 ]
 
 
@@ -231,7 +324,11 @@ def attach_class_maps(model: nn.Module) -> ClassMapHook:
     """Register the hook that yields class maps for this model, or fail saying which models work."""
     for adapter in CLASS_MAP_ADAPTERS:
         if isinstance(model, adapter.model_type):
-            return adapter.build(model)
+            hook = adapter.build(model)
+            hook.grid = adapter.grid(model)
+            return hook
     if isinstance(model, PreTrainedModel) or not hasattr(model, "forward_head"):
         raise _unsupported(model)
-    return timm_class_map_hook(model)
+    hook = timm_class_map_hook(model)
+    hook.grid = timm_cell_grid(model)
+    return hook

@@ -140,6 +140,14 @@ class SCLTrainer(Trainer):
         )
         self.model_accepts_loss_kwargs = False  # our loss is a mean per batch: let Trainer scale it for accumulation
         self.map_hook = attach_class_maps(self.model) if self.method.needs_heatmaps else None
+        grid = self.map_hook.grid if self.map_hook is not None else None
+        if grid is not None and grid.offset_px and args.image_size % grid.stride_px:
+            fit = max(grid.stride_px, round(args.image_size / grid.stride_px) * grid.stride_px)
+            warnings.warn(
+                f"image_size={args.image_size} is not a multiple of the backbone's stride ({grid.stride_px} px): its "
+                f"class-map cells then do not tile the view and the bank's cut/paste-back place them approximately; "
+                f"use image_size={fit}", UserWarning, stacklevel=2,
+            )
         self.bank: SharedBank | None = None
         self._loss_terms: dict[str, list[torch.Tensor]] = defaultdict(list)
         self.loss_options = options_from_config(args)
@@ -229,6 +237,8 @@ class SCLTrainer(Trainer):
             self.args.heatmap_momentum, resume_from=resume_from_checkpoint,
             snapshot_dir=Path(self.args.output_dir) if saving else None,
         )
+        if self.map_hook is not None:  # cut and paste-back place the cells where this backbone centres them
+            self.bank.cell_offset = self.map_hook.grid.offset_cells
         return self.bank
 
     def _check_distributed_setup(self) -> None:

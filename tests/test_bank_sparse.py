@@ -45,7 +45,8 @@ def random_step(gen: torch.Generator, count: int, out: int = 3):
     return rows, torch.rand(count, C, generator=gen), boxes, flips, torch.rand(count, C, out, out, generator=gen)
 
 
-def test_sparse_with_every_class_gives_the_dense_targets_and_losses(tmp_path):
+@pytest.mark.parametrize("cell_offset", [0.0, -15.5 / 32])  # centred cells; a padded CNN's (models.CellGrid)
+def test_sparse_with_every_class_gives_the_dense_targets_and_losses(tmp_path, cell_offset):
     dense = open_bank(tmp_path / "dense", header("dense"), writable=True, create=True)
     sparse = open_bank(tmp_path / "sparse", header("sparse", top_k=C - 1), writable=True, create=True)
     assert isinstance(sparse, SparseSCLBank) and sparse.heatmaps.shape == (N, C, S, S)
@@ -55,8 +56,11 @@ def test_sparse_with_every_class_gives_the_dense_targets_and_losses(tmp_path):
         rows, probs, boxes, flips, maps = random_step(gen, 7)
         if step >= 2:  # read before writing, as the trainer does
             logits = torch.randn(len(rows), C, 3, 3, generator=gen)
-            read = [bank.read_spatial(rows, boxes, flips, (3, 3), device=device)
+            read = [bank.read_spatial(rows, boxes, flips, (3, 3), device=device, cell_offset=cell_offset)
                     for bank, device in ((dense, None), (sparse, torch.device("cpu")))]
+            if cell_offset:  # the offset reaches both layouts' cut
+                for bank in (dense, sparse):
+                    assert not torch.allclose(bank.read_spatial(rows, boxes, flips, (3, 3))[0], read[0][0], atol=1e-3)
             torch.testing.assert_close(read[1][0], read[0][0], atol=1e-6, rtol=0)
             torch.testing.assert_close(read[1][1], read[0][1], atol=1e-6, rtol=0)
             losses = [spatial_consistency_loss(logits, target, weight) for target, weight in read]
@@ -64,7 +68,7 @@ def test_sparse_with_every_class_gives_the_dense_targets_and_losses(tmp_path):
             assert read[0][1].sum() > 0 and losses[0] > 0
         for bank in (dense, sparse):
             bank.update(rows, probs, 0.8, boxes=boxes, flips=flips, map_probs=maps, heatmap_momentum=0.6,
-                        labels=labels[rows])
+                        labels=labels[rows], cell_offset=cell_offset)
     np.testing.assert_array_equal(sparse.predictions, dense.predictions)
     np.testing.assert_array_equal(sparse.coverage, dense.coverage)
     for row in range(N):

@@ -138,7 +138,8 @@ def _one_step_with_stored_heat(tiny_synthetic, tmp_path, method: str, threshold:
     cells, e.g. one value or one per class) with every cell observed; returns the trainer and the batch."""
     torch.manual_seed(0)
     model = create_model("resnet18", num_labels=5)
-    args = make_args(tmp_path / f"{method}-{threshold}", method=method, warmup_epochs=0, crop_negative_threshold=threshold)
+    args = make_args(tmp_path / f"{method}-{threshold}", method=method, warmup_epochs=0, crop_negative_threshold=threshold,
+                     reliability_gate=False)  # the mask and the term as they act once the bank is trusted
     trainer = SCLTrainer(model=model, args=args, train_dataset=tiny_synthetic["train"])
     bank = trainer.setup_bank().store
     bank.heatmaps[:] = np.broadcast_to(heat, bank.heatmaps.shape)
@@ -285,3 +286,43 @@ def test_one_process_over_several_gpus_is_refused_with_the_launch_command(tiny_s
     args = TwoGPUConfig(**{**make_args(tmp_path).to_dict(), "output_dir": str(tmp_path / "dp")})
     with pytest.raises(ValueError, match=r"accelerate launch --multi_gpu --num_processes 2"):
         SCLTrainer(model=create_model("resnet18", num_labels=5), args=args, train_dataset=tiny_synthetic["train"])
+
+def test_the_trainer_cuts_and_pastes_at_the_models_cell_centres(tiny_synthetic, tmp_path):
+    """The hook's CellGrid reaches the bank: one step's spatial loss and paste-back equal the geometry with the
+    resnet's stated offset, not the centred rule (a heat ramp along x makes the two differ)."""
+    from scl_hf.bank.geometry import paste_crop, spatial_targets
+    from scl_hf.losses import spatial_consistency_loss
+
+    ramp = np.linspace(0.05, 0.95, 8, dtype=np.float16)[None, None, :]  # the same over classes, rows, images
+    trainer, batch = _one_step_with_stored_heat(tiny_synthetic, tmp_path, "scl", 0.3, ramp)
+    offset = trainer.map_hook.grid.offset_cells
+    assert offset == pytest.approx(-15.5 / 32)
+    with torch.no_grad():  # the same weights, the same (train) mode as the step
+        trainer.model(pixel_values=batch["pixel_values"])
+        maps = trainer.map_hook.pop_maps().float()
+    num = len(batch["index"])
+    heat = torch.from_numpy(np.broadcast_to(ramp, (num, 5, 8, 8)).astype(np.float32))
+    coverage = torch.ones(num, 8, 8, dtype=torch.uint8)
+    boxes, flips = batch["boxes"], batch["flips"]
+
+    def scl_loss(cell_offset):
+        targets, weights = spatial_targets(heat, coverage, boxes, flips, tuple(maps.shape[-2:]), cell_offset)
+        return spatial_consistency_loss(maps, targets, weights, trainer.args.spatial_loss)
+
+    assert not torch.isclose(scl_loss(offset), scl_loss(0.0), rtol=1e-3)
+    torch.testing.assert_close(trainer._loss_terms["loss_scl"][-1], scl_loss(offset), rtol=1e-4, atol=1e-6)
+
+    momentum = trainer.args.heatmap_momentum if trainer.args.heatmap_momentum is not None else trainer.args.momentum
+    new_maps = torch.sigmoid(maps).half().float()
+    trainer.bank.settle()  # the step's write runs on the writer thread
+    stored = torch.from_numpy(np.asarray(trainer.bank.store.heatmaps[batch["index"].numpy()], dtype=np.float32))
+    expected, _ = paste_crop(heat, coverage, new_maps, boxes, flips, momentum, cell_offset=offset)
+    centred, _ = paste_crop(heat, coverage, new_maps, boxes, flips, momentum)
+    torch.testing.assert_close(stored, expected.half().float(), atol=2e-3, rtol=0)
+    assert (stored - centred).abs().max() > 1e-2
+
+
+def test_a_view_that_is_not_a_multiple_of_the_stride_warns(tiny_synthetic, tmp_path):
+    dataset = tiny_synthetic["train"]
+    with pytest.warns(UserWarning, match=r"image_size=88 is not a multiple .*\(32 px\).*use image_size=96"):
+        SCLTrainer(model=create_model("resnet18", num_labels=5), args=make_args(tmp_path, image_size=88), train_dataset=dataset)

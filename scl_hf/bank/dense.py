@@ -72,13 +72,14 @@ class SCLBank:
 
     def read_spatial(
         self, indices: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, out_size: tuple[int, int],
-        device: torch.device | str | None = None, cache: dict | None = None,
+        device: torch.device | str | None = None, cache: dict | None = None, cell_offset: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Stored heatmaps cut under each view's crop: targets (B, C, h, w) and weights (B, h, w), on `device`
-        (default: CPU). The rows travel to the device (pinned, non-blocking) and are cut there."""
+        (default: CPU). The rows travel to the device (pinned, non-blocking) and are cut there. `cell_offset`:
+        where the model's cells are centred (`ClassMapHook.grid.offset_cells`, see geometry.py)."""
         heat, coverage = self.rows_on(device, indices, "heatmaps", "coverage", cache=cache)
         boxes, flips = boxes.to(heat.device, non_blocking=True), flips.to(heat.device, non_blocking=True)
-        return spatial_targets(heat, coverage, boxes, flips, out_size)
+        return spatial_targets(heat, coverage, boxes, flips, out_size, cell_offset)
 
     def rows_on(self, device: torch.device | str | None, indices: torch.Tensor, *names: str,
                  cache: dict | None = None) -> list[torch.Tensor]:
@@ -131,6 +132,7 @@ class SCLBank:
         heatmap_momentum: float | None = None,
         labels: torch.Tensor | None = None,
         cache: dict | None = None,
+        cell_offset: float = 0.0,
     ) -> dict[str, torch.Tensor]:
         """The rows' values after this step's update, computed on the device of `probs` and not stored:
         any process can compute them for its own rows (shared.py), and the writer only stores them.
@@ -145,15 +147,17 @@ class SCLBank:
                 "seen": (seen + 1).clamp_max(np.iinfo(np.uint16).max).to(torch.int32)}
         if map_probs is not None and self.heatmaps is not None:
             rows.update(self._pasted(indices, boxes, flips, map_probs.detach(),
-                                     momentum if heatmap_momentum is None else heatmap_momentum, cache))
+                                     momentum if heatmap_momentum is None else heatmap_momentum, cache,
+                                     cell_offset))
         return rows
 
-    def _pasted(self, indices, boxes, flips, maps, momentum, cache=None) -> dict[str, torch.Tensor]:
+    def _pasted(self, indices, boxes, flips, maps, momentum, cache=None, cell_offset=0.0) -> dict[str, torch.Tensor]:
         heat, coverage = self.rows_on(maps.device, indices, "heatmaps", "coverage", cache=cache)
         boxes, flips = boxes.to(maps.device), flips.to(maps.device)
         step = UPDATE_CHUNK if maps.device.type == "cpu" else len(indices)  # 128 rows at once cost 2.3x 64 on a CPU
         pieces = [paste_crop(heat[i:i + step], coverage[i:i + step], maps[i:i + step], boxes[i:i + step],
-                             flips[i:i + step].bool(), momentum) for i in range(0, len(indices), step)]
+                             flips[i:i + step].bool(), momentum, cell_offset=cell_offset)
+                  for i in range(0, len(indices), step)]
         return {"heatmaps": torch.cat([rows.half() for rows, _ in pieces]),  # torch's fp16 conversion: ~20x numpy's
                 "coverage": torch.cat([cov for _, cov in pieces])}
 

@@ -53,6 +53,7 @@ class SharedBank:
         self._writer: threading.Thread | None = None  # this step's store, running while the backward does
         self._writer_error: BaseException | None = None
         self._unsettled = False  # a write was issued since the last barrier
+        self.cell_offset = 0.0  # where the model's class-map cells are centred, in cells (models.CellGrid)
 
     # ------------------------------------------------------------------ set up or resume
     @classmethod
@@ -91,7 +92,7 @@ class SharedBank:
         targets = weights = None
         if out_size is not None and self.store.heatmaps is not None:
             targets, weights = self.store.read_spatial(indices, inputs["boxes"], inputs["flips"], out_size,
-                                                       device=device, cache=cache)
+                                                       device=device, cache=cache, cell_offset=self.cell_offset)
         return BankRead(fresh, running, seen.long(), targets, weights, cache)
 
     @torch.no_grad()
@@ -105,7 +106,7 @@ class SharedBank:
         maps = None if class_maps is None else torch.sigmoid(class_maps.detach())
         rows = self.store.new_rows(inputs.get("index_host", inputs["index"]), probs, self.momentum, inputs["boxes"],
                                    inputs["flips"], maps, self.heatmap_momentum, inputs["label"],
-                                   cache=read.rows)  # this process's rows, on its device
+                                   cache=read.rows, cell_offset=self.cell_offset)  # this process's rows, on its device
         rows.update(indices=inputs["index"], fresh=read.fresh)
         layout = None
         if self.accelerator.num_processes > 1:  # one collective for everything; only writers unpack (in the thread)

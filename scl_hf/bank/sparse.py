@@ -38,7 +38,7 @@ class SparseSCLBank(SCLBank):
 
     def read_spatial(
         self, indices: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, out_size: tuple[int, int],
-        device: torch.device | str | None = None, cache: dict | None = None,
+        device: torch.device | str | None = None, cache: dict | None = None, cell_offset: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Targets (B, C, h, w): cut slot maps at their classes, 0 elsewhere; weights (B, h, w) as dense.
 
@@ -46,7 +46,7 @@ class SparseSCLBank(SCLBank):
         64 ImageNet images at 14 × 14, almost nothing on a GPU, and only the K' slot maps cross the bus."""
         heat, coverage, slots = self.rows_on(device, indices, "heatmaps", "coverage", "slots", cache=cache)
         boxes, flips = boxes.to(heat.device, non_blocking=True), flips.to(heat.device, non_blocking=True)
-        slot_targets, weights = spatial_targets(heat, coverage, boxes, flips, out_size)
+        slot_targets, weights = spatial_targets(heat, coverage, boxes, flips, out_size, cell_offset)
         # scatter the slot maps into dense (B, C, h, w) targets without a host sync: a class is in one slot at
         # most, and empty slots (-1) go to a spare channel C that is cut off, so no two writes meet
         num_classes = self.header.num_classes
@@ -56,7 +56,7 @@ class SparseSCLBank(SCLBank):
         return targets[:, :num_classes], weights
 
     def new_rows(self, indices, probs, momentum, boxes=None, flips=None, map_probs=None, heatmap_momentum=None,
-                 labels=None, cache=None) -> dict[str, torch.Tensor]:
+                 labels=None, cache=None, cell_offset=0.0) -> dict[str, torch.Tensor]:
         """As the dense layout's, plus the slot classes: P̄ after this step ranks the classes (assign_slots)."""
         if map_probs is not None and labels is None:
             raise ValueError("the sparse bank keeps the observed class's heatmap: pass labels= to update()")
@@ -72,7 +72,8 @@ class SparseSCLBank(SCLBank):
         slot_maps = torch.gather(map_probs.detach(), 1, new_slots[:, :, None, None].expand(
             -1, -1, *map_probs.shape[-2:]))  # (B, K', h, w)
         pasted, coverage = paste_crop(heat, coverage, slot_maps, boxes.to(device), flips.to(device).bool(),
-                                      momentum if heatmap_momentum is None else heatmap_momentum, fresh=fresh)
+                                      momentum if heatmap_momentum is None else heatmap_momentum, fresh=fresh,
+                                      cell_offset=cell_offset)
         rows.update(heatmaps=pasted.half(), coverage=coverage, slots=new_slots.to(torch.int32))
         return rows
 
