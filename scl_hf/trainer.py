@@ -39,7 +39,7 @@ from .losses import (
 from .metrics import make_compute_metrics
 from .models import attach_class_maps, normalization_for
 from .transforms import EvalTransform, TrainTransform
-from .views import EvalViews, TrainViews, check_label_range, stack_batch
+from .views import EvalViews, TrainViews, stack_batch
 
 
 class _EpochSync(TrainerCallback):
@@ -74,6 +74,18 @@ def dataset_fingerprint(dataset) -> str:
     return f"{fingerprint or 'unknown'}:{len(dataset)}"
 
 
+def resolve_model(model, model_init, seed: int):
+    """The model itself, or `model_init()` built under `seed` (Trainer seeds only after a model exists)."""
+    if (model is None) == (model_init is None):
+        raise ValueError("SCLTrainer needs exactly one of model= and model_init=")
+    if model is not None:
+        return model
+    from transformers import set_seed
+
+    set_seed(seed)
+    return model_init()
+
+
 # end_training's pause after the last barrier: gloo's worker threads free their finished work meanwhile
 GLOO_DRAIN_SECONDS = 0.5
 
@@ -81,18 +93,23 @@ GLOO_DRAIN_SECONDS = 0.5
 class SCLTrainer(Trainer):
     """Trainer for single-positive multi-label learning with the (spatial) consistency losses.
 
-    `train_dataset`: a `datasets.Dataset` with an image column and one int label per row.
-    `eval_dataset`: image column plus `labels`, the list of all positive class ids.
-    The trainer owns augmentation (it must know every crop box) and the bank under `args.bank_dir`.
+    `train_dataset`: a `datasets.Dataset` with an image column and the observed labels of each row (one class
+    id or name, or several: partial labels; scl_hf/labels.py). `eval_dataset`: image column plus `labels`, all
+    positive classes (ids, names or a 0/1 vector). Labels are read and checked here, before any training.
+    `model_init`: a function returning the model, called after seeding with `args.seed` (instead of `model`),
+    so two runs start from the same weights. The trainer owns augmentation (it must know every crop box) and
+    the bank under `args.bank_dir`.
     """
 
-    def __init__(self, model, args: SCLConfig, train_dataset=None, eval_dataset=None, processing_class=None,
-                 compute_metrics=None, callbacks=None, **kwargs):
+    def __init__(self, model=None, args: SCLConfig = None, train_dataset=None, eval_dataset=None, processing_class=None,
+                 compute_metrics=None, callbacks=None, model_init=None, **kwargs):
         if not isinstance(args, SCLConfig):
             raise TypeError("SCLTrainer needs an SCLConfig (it extends TrainingArguments with the method's options)")
+        model = resolve_model(model, model_init, args.seed)
         self.method = args.method_spec
         self.num_labels = model.config.num_labels
         id2label = {int(k): v for k, v in getattr(model.config, "id2label", {}).items()}
+        self.class_names = [id2label.get(i, str(i)) for i in range(self.num_labels)]
         mean, std = normalization_for(model, processing_class)
         self.epoch_ref = torch.zeros(1, dtype=torch.long).share_memory_()
         self.train_transform = TrainTransform(
@@ -101,13 +118,12 @@ class SCLTrainer(Trainer):
         self.eval_transform = EvalTransform(args.image_size, mean, std)
         self.raw_train_dataset = train_dataset
         if train_dataset is not None:
-            check_label_range(train_dataset[args.label_column] if args.label_column in train_dataset.column_names
-                              else [], self.num_labels, args.label_column, "training")
             full_labels_column = args.labels_column if self.method.needs_full_labels else None  # "full" only
             if full_labels_column is not None:
                 warnings.warn(FULL_LABELS_WARNING, UserWarning, stacklevel=2)
             train_dataset = TrainViews(train_dataset, self.train_transform, self.epoch_ref, args.image_column,
-                                       args.label_column, full_labels_column, self.num_labels)
+                                       args.label_column, full_labels_column, self.num_labels, self.class_names,
+                                       args.label_format)
         eval_dataset = self._eval_views(eval_dataset, args)
         if compute_metrics is None:
             compute_metrics = make_compute_metrics(
@@ -132,7 +148,7 @@ class SCLTrainer(Trainer):
         make_state = self.method.info.make_state
         if make_state is None or self.raw_train_dataset is None:
             return None
-        labels = torch.as_tensor(self.raw_train_dataset[self.args.label_column], dtype=torch.long)
+        labels = self.train_dataset.labels.dense()  # (N, C) observed positives, checked by TrainViews
         state = make_state(labels, self.num_labels, self.loss_options).to(self.args.device)
         if self.accelerator.num_processes > 1:  # identical copies on every process, as the bank
             state.gather = self.accelerator.gather
@@ -172,7 +188,8 @@ class SCLTrainer(Trainer):
     def _eval_views(self, eval_dataset, args):
         if eval_dataset is None or isinstance(eval_dataset, EvalViews):
             return eval_dataset
-        wrap = lambda ds: EvalViews(ds, self.eval_transform, self.num_labels, args.image_column, args.labels_column)  # noqa: E731
+        wrap = lambda ds: EvalViews(ds, self.eval_transform, self.num_labels, args.image_column,  # noqa: E731
+                                    args.labels_column, self.class_names, args.labels_format, args.label_column)
         if isinstance(eval_dataset, dict):
             return {name: wrap(ds) for name, ds in eval_dataset.items()}
         return wrap(eval_dataset)
@@ -302,11 +319,13 @@ class SCLTrainer(Trainer):
             raise ValueError("training batches must come from SCLTrainer's own dataloader (they carry the row index)")
         outputs = model(pixel_values=inputs["pixel_values"])
         logits = outputs.logits.float()
-        targets = observed_one_hot(inputs["label"], self.num_labels)
+        targets = inputs["targets"].float() if "targets" in inputs else observed_one_hot(inputs["label"], self.num_labels)
+        negatives = inputs.get("negatives")  # (B, C) observed negatives, when the labels carry them
         indices = inputs["index"]
         context = LossContext(
             epoch=self.state.epoch or 0.0, num_classes=self.num_labels, indices=indices, state=self.loss_state,
             full_labels=inputs.get("full_labels"),  # present for method="full" only (TrainViews)
+            observed_negatives=negatives,
             options={**self.loss_options, "num_epochs": self.state.num_train_epochs or self.args.num_train_epochs},
         )
         active = self.consistency_active()
@@ -338,6 +357,8 @@ class SCLTrainer(Trainer):
                 context.element_weights = positive_weights
             if self.method.info.crop_negative_mask:  # only hard-negative bases: for WAN/ROLE/EM the mask removes
                 ignore |= crop_ignore  # their own signal (wan+scl, role+scl, em-apl+scl fell; docs/method.md)
+        if negatives is not None:  # an observed negative is never masked out of the base loss
+            ignore &= ~negatives
         terms["loss_base"] = BASE_LOSSES[self.method.base](logits, targets, context, ignore if ignore.any() else None)
         if self.accelerator.num_processes > 1 and active and (self.method.needs_predictions or map_targets is not None):
             # masked entries differ per process: weight each process's mean by its share of the kept entries, so
@@ -347,7 +368,8 @@ class SCLTrainer(Trainer):
 
         if "cl" in self.method.terms and active:
             observed_rows = seen > 0
-            terms["loss_cl"] = consistency_loss(logits[observed_rows], targets[observed_rows], running[observed_rows])
+            terms["loss_cl"] = consistency_loss(logits[observed_rows], targets[observed_rows], running[observed_rows],
+                                                None if negatives is None else negatives[observed_rows])
             loss = loss + self.consistency_ramp() * self.args.consistency_weight * terms["loss_cl"]
 
         if map_targets is not None:

@@ -31,9 +31,13 @@ def crop_corrected_weights(
     return weights, ignore
 
 
-def consistency_loss(logits: torch.Tensor, targets: torch.Tensor, running_probs: torch.Tensor) -> torch.Tensor:
-    """BCE of the unobserved classes towards the image's running-average prediction P̄."""
+def consistency_loss(logits: torch.Tensor, targets: torch.Tensor, running_probs: torch.Tensor,
+                     observed_negatives: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE of the unobserved classes towards the image's running-average prediction P̄ (observed positives and
+    observed negatives have labels: the base loss trains them)."""
     unobserved = targets < 0.5
+    if observed_negatives is not None:
+        unobserved = unobserved & ~observed_negatives.bool()
     values = F.binary_cross_entropy_with_logits(logits, running_probs.to(logits.dtype), reduction="none")
     return masked_mean(values, unobserved)
 
