@@ -103,7 +103,7 @@ def main(argv=None) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     runs = load_previous(stem.with_suffix(".json"), budget_dict(budget))
     done = {(r["method"], r["seed"]) for r in runs}
-    todo = [(m, s, p) for p in args.positives for s in args.seeds for m in args.methods
+    todo = [(m, s, p) for s in args.seeds for p in args.positives for m in args.methods  # whole seeds first
             if (f"{m} ({p} pos)", s) not in done]
     threads = max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
     import platform
