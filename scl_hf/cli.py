@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning_rate", type=float, help="peak learning rate (default: 1e-3 synthetic, 1e-4 otherwise)")
     train.add_argument("--pretrained", action="store_true",
                        help="start from timm's pretrained weights (needs the Hub or its cache; the protocol uses it)")
-    train.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    train.add_argument("--model_arg", dest="model_args", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                       help="keyword arguments of timm.create_model, e.g. --model_arg output_stride=16 drop_path_rate=0.1")
+    train.add_argument("--seed", type=int, default=0, help="training seed (default: 0); also seeds the initial weights")
     train.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                        help="any other SCLConfig / TrainingArguments field, e.g. --set spatial_weight=2 momentum=0.9")
 
@@ -180,6 +182,20 @@ def class_names(splits, ns: argparse.Namespace | None = None) -> list[str]:
     return list(feature.names)
 
 
+def parse_pairs(pairs: list[str], flag: str) -> dict:
+    """KEY=VALUE → {KEY: JSON value, or the string}."""
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CLIError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        try:
+            values[key] = json.loads(value)
+        except json.JSONDecodeError:
+            values[key] = value
+    return values
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     """KEY=VALUE → {KEY: JSON value, or the string}; unknown SCLConfig fields are errors."""
     from dataclasses import fields
@@ -217,7 +233,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
     names = class_names(splits, ns)
     model_name = ns.model or ("resnet18" if synthetic else "resnet50")
     try:
-        model = create_model(model_name, num_labels=len(names), id2label=names, pretrained=ns.pretrained, seed=ns.seed)
+        model = create_model(model_name, num_labels=len(names), id2label=names, pretrained=ns.pretrained, seed=ns.seed,
+                             **parse_pairs(ns.model_args, "--model_arg"))
     except (RuntimeError, OSError) as e:
         raise CLIError(f"cannot create {model_name!r}{' with pretrained weights' if ns.pretrained else ''}: "
                        f"{str(e).splitlines()[0]}") from e

@@ -93,7 +93,7 @@ def test_partial_labels_train_with_every_method_name(negatives, tmp_path):
     for method in METHODS:
         args = SCLConfig(output_dir=str(tmp_path / method), method=method, image_size=32, num_train_epochs=2,
                          per_device_train_batch_size=4, use_cpu=True, save_strategy="no", report_to="none",
-                         disable_tqdm=True, seed=0, bank_size=4, warmup_epochs=1, apl_warmup_epochs=1,
+                         disable_tqdm=True, seed=0, bank_size=4, warmup_epochs=1, apl_warmup_epochs=1, logging_steps=1,
                          bank_layout="sparse" if method == "scl" else "dense", bank_top_k=2)
         trainer = SCLTrainer(model=create_model("resnet18", num_labels=C, seed=0), args=args, train_dataset=data)
         trainer.train()
