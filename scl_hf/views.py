@@ -19,7 +19,7 @@ import warnings
 import torch
 from torch.utils.data import Dataset
 
-from .labels import read_labels, require_map_style
+from .labels import column_values, read_labels, require_map_style
 from .transforms import EvalTransform, TrainTransform
 
 SINGLE_LABEL_EVAL_WARNING = (
@@ -41,11 +41,14 @@ def require_columns(dataset, needed: dict[str, str], role: str) -> None:
 
 
 def infer_num_labels(dataset, column: str) -> int:
-    """Classes of a ClassLabel column (or a list of them); used only when no model says it."""
+    """Classes of a ClassLabel column (or a list of them), else the largest id + 1; used only when no model says it."""
     feature = dataset.features[column]
     feature = getattr(feature, "feature", feature)
     if hasattr(feature, "num_classes"):
         return int(feature.num_classes)
+    ids = [v for row in column_values(dataset, column) for v in (row if isinstance(row, list) else [row])]
+    if ids and all(isinstance(v, int) for v in ids):
+        return max(ids) + 1
     raise ValueError(f"cannot tell the number of classes from column {column!r}: pass num_labels")
 
 
