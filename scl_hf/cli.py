@@ -5,6 +5,8 @@
     scl-hf eval runs/demo-release synthetic --tiny            # prints eval_mAP
     scl-hf card runs/demo-release                             # prints the model card
     scl-hf push runs/demo-release your-name/demo-model        # uploads the release files only
+    scl-hf train imagefolder photos/ --output_dir runs/mine   # your own data: imagefolder DIR | hub NAME | parquet FILES
+    scl-hf predict a.jpg b.jpg --model runs/mine/final        # labels ≥ threshold + class-map overlays (PNG)
 
 A release folder loads without scl_hf: AutoModelForImageClassification.from_pretrained(folder),
 pipeline("image-classification", model=folder, top_k=<number of classes>) or
@@ -19,6 +21,7 @@ import sys
 from pathlib import Path
 
 DATASETS = ("synthetic", "coco", "voc", "imagenet")
+OWN_DATA = ("imagefolder", "hub", "parquet")  # scl_hf.sources
 TINY = {"num_train": 48, "num_test": 24, "source_size": 96, "image_size": 64, "epochs": 2, "batch_size": 16}
 RUN_INFO = "scl_hf_run.json"  # what the CLI knows about a run and the trainer does not (dataset, initialisation)
 
@@ -36,7 +39,9 @@ class _Parser(argparse.ArgumentParser):
 
 # --------------------------------------------------------------------------- arguments
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=DATASETS, help="which dataset: %(choices)s")
+    parser.add_argument("dataset", choices=DATASETS + OWN_DATA, help="which dataset: %(choices)s")
+    parser.add_argument("paths", nargs="*", metavar="SOURCE",
+                        help="own data: the folder (imagefolder), the dataset name or local copy (hub), the files (parquet)")
     group = parser.add_argument_group("data")
     group.add_argument("--coco_root", help="COCO folder holding annotations/, train2014/ and val2014/")
     group.add_argument("--voc_root", help="folder holding VOCdevkit/ (or VOCdevkit, or VOC2012 itself)")
@@ -47,13 +52,23 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num_train", type=int, help="synthetic: training images (default 2000)")
     group.add_argument("--num_test", type=int, help="synthetic: test images (default 500)")
     group.add_argument("--data_seed", type=int, default=0, help="synthetic: generation seed (default 0)")
+    group.add_argument("--image_column", help="own data: image column (default: image)")
+    group.add_argument("--label_column", help="own data: observed labels of the train split (default: label)")
+    group.add_argument("--labels_column", help="own data: all positive labels of the test split (default: labels; "
+                       "a test split with only --label_column is evaluated on its single labels)")
+    group.add_argument("--test_files", nargs="+", help="parquet: files of the test split")
+    group.add_argument("--test_size", type=float, default=0.2,
+                       help="own data without a test split: share of the training rows held out (default 0.2)")
     group.add_argument("--tiny", action="store_true",
                        help="smoke run: 48 training / 24 test images, 64 px, 2 epochs (any dataset)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = _Parser(prog="scl-hf", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"scl-hf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser("train", help="train a model and write a release folder to OUTPUT_DIR/final",
@@ -69,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning_rate", type=float, help="peak learning rate (default: 1e-3 synthetic, 1e-4 otherwise)")
     train.add_argument("--pretrained", action="store_true",
                        help="start from timm's pretrained weights (needs the Hub or its cache; the protocol uses it)")
-    train.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    train.add_argument("--model_arg", dest="model_args", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                       help="keyword arguments of timm.create_model, e.g. --model_arg output_stride=16 drop_path_rate=0.1")
+    train.add_argument("--seed", type=int, default=0, help="training seed (default: 0); also seeds the initial weights")
     train.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                        help="any other SCLConfig / TrainingArguments field, e.g. --set spatial_weight=2 momentum=0.9")
 
@@ -104,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("folder", help="release folder")
     card.add_argument("--repo_id", help="name the Hub repository in the loading snippets")
     card.add_argument("--write", action="store_true", help="write FOLDER/README.md instead of printing")
+
+    predict = sub.add_parser("predict", help="labels above a threshold and their class maps, per image",
+                             description="Print each image's labels with score ≥ --threshold and write, per image, "
+                             "the class maps of those labels over the image (PNG) to --output_dir.")
+    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("--model", required=True, help="release folder (scl-hf export / train) or checkpoint-*")
+    predict.add_argument("--threshold", type=float, default=0.5, help="score threshold (default: %(default)s)")
+    predict.add_argument("--output_dir", default="predictions", help="overlay PNGs (default: %(default)s)")
+    predict.add_argument("--image_size", type=int, help="input side (default: the folder's recorded size)")
     return parser
 
 
@@ -118,12 +144,19 @@ def load_dataset(ns: argparse.Namespace):
     """The DatasetDict of the chosen dataset (train + test, validation where the protocol has one)."""
     from . import data
 
+    if ns.paths and ns.dataset not in OWN_DATA:
+        raise CLIError(f"dataset {ns.dataset!r} takes no SOURCE arguments ({ns.paths}); use its --*_root options")
     if ns.dataset == "synthetic":
         tiny = TINY if ns.tiny else {}
         return data.make_synthetic(num_train=ns.num_train or tiny.get("num_train", 2000),
                                    num_test=ns.num_test or tiny.get("num_test", 500),
                                    image_size=tiny.get("source_size", 128), seed=ns.data_seed, cache_dir=ns.cache_dir)
-    if ns.dataset == "coco":
+    if ns.dataset in OWN_DATA:
+        from .sources import load_source
+
+        splits = load_source(ns.dataset, ns.paths, ns.image_column or "image", ns.test_size, ns.data_seed,
+                             ns.cache_dir, ns.test_files)
+    elif ns.dataset == "coco":
         splits = data.load_coco(_require(ns.coco_root, "--coco_root", "coco"), cache_dir=ns.cache_dir)
     elif ns.dataset == "voc":
         splits = data.load_voc(_require(ns.voc_root, "--voc_root", "voc"), cache_dir=ns.cache_dir)
@@ -137,11 +170,30 @@ def load_dataset(ns: argparse.Namespace):
     return splits
 
 
-def class_names(splits) -> list[str]:
+def class_names(splits, ns: argparse.Namespace | None = None) -> list[str]:
+    if ns is not None and ns.dataset in OWN_DATA:
+        from .sources import class_names as own_class_names
+
+        multihot = any(o.replace(" ", "") == "label_format=multihot" for o in getattr(ns, "overrides", []))
+        return own_class_names(splits, ns.label_column or "label", ns.labels_column or "labels", multihot)
     feature = splits["train"].features["label"] if "train" in splits else None
     if feature is None or not hasattr(feature, "names"):
         raise CLIError("the dataset's label column has no class names")
     return list(feature.names)
+
+
+def parse_pairs(pairs: list[str], flag: str) -> dict:
+    """KEY=VALUE → {KEY: JSON value, or the string}."""
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CLIError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        try:
+            values[key] = json.loads(value)
+        except json.JSONDecodeError:
+            values[key] = value
+    return values
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -178,10 +230,11 @@ def cmd_train(ns: argparse.Namespace) -> int:
     tiny = TINY if ns.tiny else {}
     overrides = parse_overrides(ns.overrides)
     splits = load_dataset(ns)
-    names = class_names(splits)
+    names = class_names(splits, ns)
     model_name = ns.model or ("resnet18" if synthetic else "resnet50")
     try:
-        model = create_model(model_name, num_labels=len(names), id2label=names, pretrained=ns.pretrained)
+        model = create_model(model_name, num_labels=len(names), id2label=names, pretrained=ns.pretrained, seed=ns.seed,
+                             **parse_pairs(ns.model_args, "--model_arg"))
     except (RuntimeError, OSError) as e:
         raise CLIError(f"cannot create {model_name!r}{' with pretrained weights' if ns.pretrained else ''}: "
                        f"{str(e).splitlines()[0]}") from e
@@ -194,6 +247,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
         weight_decay=1e-4, lr_scheduler_type="cosine", use_cpu=not torch.cuda.is_available(), eval_strategy="epoch",
         save_strategy="epoch", save_total_limit=1, logging_steps=10, report_to="none",
     )
+    settings.update({k: getattr(ns, k) for k in ("image_column", "label_column", "labels_column") if getattr(ns, k)})
     if ns.tiny:  # two epochs: a one-epoch warm-up leaves the consistency terms one epoch to act (and be logged)
         settings.update(warmup_epochs=1.0, logging_steps=1)  # and six steps in all: log each one
     settings.update(overrides)
@@ -232,7 +286,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
     folder = Path(ns.folder)
     splits = load_dataset(ns)
-    model = hub.load_checkpoint(folder, expected_labels=class_names(splits))
+    model = hub.load_checkpoint(folder, expected_labels=class_names(splits, ns))
     processor = None
     if not hasattr(model.config, "pretrained_cfg") and (folder / "preprocessor_config.json").is_file():
         from transformers import AutoImageProcessor
@@ -240,8 +294,9 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         processor = AutoImageProcessor.from_pretrained(folder)
     size = ns.image_size or recorded_image_size(folder)
     with tempfile.TemporaryDirectory() as tmp:
+        columns = {k: getattr(ns, k) for k in ("image_column", "label_column", "labels_column") if getattr(ns, k)}
         args = SCLConfig(output_dir=tmp, method="an", image_size=size, per_device_eval_batch_size=ns.batch_size,
-                         use_cpu=not torch.cuda.is_available(), report_to="none", disable_tqdm=True)
+                         use_cpu=not torch.cuda.is_available(), report_to="none", disable_tqdm=True, **columns)
         trainer = SCLTrainer(model=model, args=args, eval_dataset=splits["test"], processing_class=processor)
         metrics = trainer.evaluate()
         trainer.end_training()
@@ -326,7 +381,21 @@ def cmd_card(ns: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "push": cmd_push, "card": cmd_card}
+def cmd_predict(ns: argparse.Namespace) -> int:
+    from .predict import predict, save_overlay
+
+    found = predict(ns.images, resolve_checkpoint(Path(ns.model)), threshold=ns.threshold, image_size=ns.image_size)
+    out = Path(ns.output_dir)
+    for k, item in enumerate(found):
+        labels = ", ".join(f"{name} {score:.3f}" for name, score in item.labels) or \
+            f"nothing ≥ {ns.threshold:g} (best: {max(item.scores, key=item.scores.get)} {max(item.scores.values()):.3f})"
+        path = save_overlay(item, out / f"{k:03d}_{Path(item.source).stem}_maps.png")
+        print(f"{item.source}: {labels}  →  {path}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "push": cmd_push, "card": cmd_card,
+            "predict": cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .labels import LABEL_FORMATS
 from .losses import BASELINE_DEFAULTS, options_from_config, parse_method, validate_options
 
 
@@ -154,9 +155,21 @@ class SCLConfig(TrainingArguments):
     flip_prob: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip."})
     # ----- data columns
     image_column: str = field(default="image", metadata={"help": "Image column of train and eval datasets."})
-    label_column: str = field(default="label", metadata={"help": "Single observed positive (int) of the train set."})
+    label_column: str = field(
+        default="label",
+        metadata={"help": "Observed labels of the train set: one class id or name per row, or several (partial labels)."},
+    )
     labels_column: str = field(
         default="labels", metadata={"help": "List of all positive class ids of the eval set (never used for training)."}
+    )
+    label_format: str = field(
+        default="auto",
+        metadata={"help": "How to read label_column: 'auto' (from the features), 'id', 'name', 'ids', 'names' or "
+                  "'multihot' (0/1 per class; -1 marks an observed negative). Several ids per row are partial labels "
+                  "(scl_hf/labels.py)."},
+    )
+    labels_format: str = field(
+        default="auto", metadata={"help": "How to read labels_column of the eval set: as label_format (no -1)."}
     )
     log_per_class_ap: bool = field(
         default=False, metadata={"help": "Also log AP/<class> for every class at each evaluation (80 keys on COCO)."}
@@ -185,6 +198,9 @@ class SCLConfig(TrainingArguments):
             raise ValueError("need 0 <= reliability_low < reliability_high <= 1 (AUC values)")
         if self.bank_top_k < 1:
             raise ValueError(f"bank_top_k must be at least 1, got {self.bank_top_k}")
+        for name in ("label_format", "labels_format"):
+            if getattr(self, name) not in LABEL_FORMATS:
+                raise ValueError(f"{name} must be one of {LABEL_FORMATS}, got {getattr(self, name)!r}")
         if self.empty_class_policy not in ("zero", "skip"):
             raise ValueError("empty_class_policy must be 'zero' or 'skip'")
         if self.remove_unused_columns:

@@ -40,18 +40,26 @@ def create_model(
     num_labels: int,
     pretrained: bool = False,
     id2label: dict[int, str] | list[str] | None = None,
+    seed: int | None = None,
     **timm_kwargs,
 ) -> TimmWrapperForImageClassification:
     """A transformers model (TimmWrapper) around `timm.create_model(name, ...)`, set up for multi-label.
 
     Extra keyword arguments go to `timm.create_model` (img_size, drop_path_rate, ...). ViTs get
     `global_pool="avg"` unless told otherwise, because class maps need patch tokens to feed the head.
+    `seed`: draw the initial weights from a torch generator seeded with it (the global one is left as it was),
+    so two runs with the same seed start from the same weights; Trainer seeds only after the model exists.
     """
     if not timm.is_model(name):
         raise ValueError(f"timm has no model named {name!r}; see timm.list_models('{name.split('.')[0]}*')")
     if _is_vit(name):
         timm_kwargs.setdefault("global_pool", "avg")
-    timm_model = timm.create_model(name, pretrained=pretrained, num_classes=num_labels, **timm_kwargs)
+    if seed is None:
+        timm_model = timm.create_model(name, pretrained=pretrained, num_classes=num_labels, **timm_kwargs)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            timm_model = timm.create_model(name, pretrained=pretrained, num_classes=num_labels, **timm_kwargs)
     if isinstance(id2label, (list, tuple)):
         id2label = dict(enumerate(id2label))
     id2label = {int(k): str(v) for k, v in (id2label or {i: f"LABEL_{i}" for i in range(num_labels)}).items()}

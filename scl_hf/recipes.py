@@ -51,14 +51,15 @@ def run_method(method: str, seed: int, data, budget: SyntheticBudget, output_dir
     torch.manual_seed(seed)
     model = create_model(budget.model_name, num_labels=len(names), id2label=names, pretrained=False,
                          **budget.model_kwargs)
-    args = SCLConfig(
+    settings = dict(
         output_dir=str(output_dir), method=method, image_size=budget.image_size, num_train_epochs=budget.epochs,
         per_device_train_batch_size=budget.batch_size, per_device_eval_batch_size=128,
         learning_rate=budget.learning_rate, weight_decay=1e-4, lr_scheduler_type="cosine", warmup_steps=0.05,
         use_cpu=not torch.cuda.is_available(), seed=seed, data_seed=seed, eval_strategy="epoch",
         save_strategy="no", logging_steps=20, report_to="none", disable_tqdm=quiet,
-        dataloader_num_workers=budget.dataloader_workers, bank_size=budget.bank_size, **budget.extra,
+        dataloader_num_workers=budget.dataloader_workers, bank_size=budget.bank_size,
     )
+    args = SCLConfig(**{**settings, **budget.extra})  # extra may override any of these (eval_strategy, label_column)
     trainer = SCLTrainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["test"])
     started = time.perf_counter()
     result = trainer.train()

@@ -39,7 +39,7 @@ from .losses import (
 from .metrics import make_compute_metrics
 from .models import attach_class_maps, normalization_for
 from .transforms import EvalTransform, TrainTransform
-from .views import EvalViews, TrainViews, check_label_range, stack_batch
+from .views import EvalViews, TrainViews, stack_batch
 
 
 class _EpochSync(TrainerCallback):
@@ -86,6 +86,18 @@ def dataset_fingerprint(dataset) -> str:
     return f"{fingerprint or 'unknown'}:{len(dataset)}"
 
 
+def resolve_model(model, model_init, seed: int):
+    """The model itself, or `model_init()` built under `seed` (Trainer seeds only after a model exists)."""
+    if (model is None) == (model_init is None):
+        raise ValueError("SCLTrainer needs exactly one of model= and model_init=")
+    if model is not None:
+        return model
+    from transformers import set_seed
+
+    set_seed(seed)
+    return model_init()
+
+
 # end_training's pause after the last barrier: gloo's worker threads free their finished work meanwhile
 GLOO_DRAIN_SECONDS = 0.5
 
@@ -93,15 +105,19 @@ GLOO_DRAIN_SECONDS = 0.5
 class SCLTrainer(Trainer):
     """Trainer for single-positive multi-label learning with the (spatial) consistency losses.
 
-    `train_dataset`: a `datasets.Dataset` with an image column and one int label per row.
-    `eval_dataset`: image column plus `labels`, the list of all positive class ids.
-    The trainer owns augmentation (it must know every crop box) and the bank under `args.bank_dir`.
+    `train_dataset`: a `datasets.Dataset` with an image column and the observed labels of each row (one class
+    id or name, or several: partial labels; scl_hf/labels.py). `eval_dataset`: image column plus `labels`, all
+    positive classes (ids, names or a 0/1 vector). Labels are read and checked here, before any training.
+    `model_init`: a function returning the model, called after seeding with `args.seed` (instead of `model`),
+    so two runs start from the same weights. The trainer owns augmentation (it must know every crop box) and
+    the bank under `args.bank_dir`.
     """
 
-    def __init__(self, model, args: SCLConfig, train_dataset=None, eval_dataset=None, processing_class=None,
-                 compute_metrics=None, callbacks=None, **kwargs):
+    def __init__(self, model=None, args: SCLConfig = None, train_dataset=None, eval_dataset=None, processing_class=None,
+                 compute_metrics=None, callbacks=None, model_init=None, **kwargs):
         if not isinstance(args, SCLConfig):
             raise TypeError("SCLTrainer needs an SCLConfig (it extends TrainingArguments with the method's options)")
+        model = resolve_model(model, model_init, args.seed)
         if args.n_gpu > 1:  # Trainer would wrap the model in nn.DataParallel: replicas share one map hook
             raise ValueError(
                 f"SCLTrainer runs one process per device; this process sees {args.n_gpu} GPUs, for which Trainer "
@@ -112,6 +128,7 @@ class SCLTrainer(Trainer):
         self.method = args.method_spec
         self.num_labels = model.config.num_labels
         id2label = {int(k): v for k, v in getattr(model.config, "id2label", {}).items()}
+        self.class_names = [id2label.get(i, str(i)) for i in range(self.num_labels)]
         mean, std = normalization_for(model, processing_class)
         self.epoch_ref = torch.zeros(1, dtype=torch.long).share_memory_()
         self.train_transform = TrainTransform(
@@ -120,13 +137,12 @@ class SCLTrainer(Trainer):
         self.eval_transform = EvalTransform(args.image_size, mean, std)
         self.raw_train_dataset = train_dataset
         if train_dataset is not None:
-            check_label_range(train_dataset[args.label_column] if args.label_column in train_dataset.column_names
-                              else [], self.num_labels, args.label_column, "training")
             full_labels_column = args.labels_column if self.method.needs_full_labels else None  # "full" only
             if full_labels_column is not None:
                 warnings.warn(FULL_LABELS_WARNING, UserWarning, stacklevel=2)
             train_dataset = TrainViews(train_dataset, self.train_transform, self.epoch_ref, args.image_column,
-                                       args.label_column, full_labels_column, self.num_labels)
+                                       args.label_column, full_labels_column, self.num_labels, self.class_names,
+                                       args.label_format)
         eval_dataset = self._eval_views(eval_dataset, args)
         if compute_metrics is None:
             compute_metrics = make_compute_metrics(
@@ -160,7 +176,7 @@ class SCLTrainer(Trainer):
         make_state = self.method.info.make_state
         if make_state is None or self.raw_train_dataset is None:
             return None
-        labels = torch.as_tensor(self.raw_train_dataset[self.args.label_column], dtype=torch.long)
+        labels = self.train_dataset.labels.dense()  # (N, C) observed positives, checked by TrainViews
         state = make_state(labels, self.num_labels, self.loss_options).to(self.args.device)
         if self.accelerator.num_processes > 1:  # identical copies on every process, as the bank
             state.gather = self.accelerator.gather
@@ -204,7 +220,8 @@ class SCLTrainer(Trainer):
     def _eval_views(self, eval_dataset, args):
         if eval_dataset is None or isinstance(eval_dataset, EvalViews):
             return eval_dataset
-        wrap = lambda ds: EvalViews(ds, self.eval_transform, self.num_labels, args.image_column, args.labels_column)  # noqa: E731
+        wrap = lambda ds: EvalViews(ds, self.eval_transform, self.num_labels, args.image_column,  # noqa: E731
+                                    args.labels_column, self.class_names, args.labels_format, args.label_column)
         if isinstance(eval_dataset, dict):
             return {name: wrap(ds) for name, ds in eval_dataset.items()}
         return wrap(eval_dataset)
@@ -340,8 +357,7 @@ class SCLTrainer(Trainer):
         """Per-class AUC of the stored averages at ranking each class's observed positives first (whole bank)."""
         if self.bank is None or not self.uses_reliability_gate:
             return
-        labels = torch.as_tensor(self.raw_train_dataset[self.args.label_column], dtype=torch.long)
-        observed = observed_one_hot(labels, self.num_labels).bool()
+        observed = self.train_dataset.labels.dense().bool()  # (N, C) observed positives (partial labels too)
         scores, seen = self.bank.stored_predictions()
         self.class_auc = observed_positive_auc(scores, observed, seen).float()
 
@@ -420,11 +436,13 @@ class SCLTrainer(Trainer):
         Under several processes each term is a weighted mean scaled by this process's share of the global
         batch's weights (`SharedBank.weight_share`), so DDP's gradient average is the mean one process would
         take over the global batch; rows already trained on in this epoch (accelerate's padding) weigh 0."""
-        targets = observed_one_hot(inputs["label"], self.num_labels)
+        targets = inputs["targets"].float() if "targets" in inputs else observed_one_hot(inputs["label"], self.num_labels)
+        negatives = inputs.get("negatives")  # (B, C) observed negatives, when the labels carry them
         active = self.consistency_active()
         context = LossContext(
             epoch=self.state.epoch or 0.0, num_classes=self.num_labels, indices=inputs["index"], state=self.loss_state,
             full_labels=inputs.get("full_labels"),  # present for method="full" only (TrainViews)
+            observed_negatives=negatives,
             options={**self.loss_options, "num_epochs": self.state.num_train_epochs or self.args.num_train_epochs},
         )
         ignore = None if read is None else ~read.fresh[:, None].expand_as(targets)  # padded rows: no loss
@@ -443,13 +461,15 @@ class SCLTrainer(Trainer):
                 crop_ignore = crop_ignore & (gate >= self.args.crop_negative_min_gate)[None, :]
             if self.method.info.crop_negative_mask:  # only hard-negative bases: for WAN/ROLE/EM the mask removes
                 ignore = ignore | crop_ignore  # their own signal (wan+scl, role+scl, em-apl+scl fell; docs/method.md)
+        if negatives is not None and ignore is not None:  # an observed negative is never masked out of the base
+            ignore = ignore & ~(negatives.bool() & read.fresh[:, None])  # loss (padded rows stay out)
         terms = {"loss_base": BASE_LOSSES[self.method.base](logits, targets, context, ignore)}
         if read is not None:
             terms["loss_base"] = terms["loss_base"] * self.bank.weight_share(~ignore)
         loss = terms["loss_base"]
         if "cl" in self.method.terms and active:
             rows = (read.seen > 0) & read.fresh
-            terms["loss_cl"] = consistency_loss(logits, targets, read.running, rows)
+            terms["loss_cl"] = consistency_loss(logits, targets, read.running, rows, negatives)
             terms["loss_cl"] = terms["loss_cl"] * self.bank.weight_share(rows[:, None] & (targets < 0.5))
             loss = loss + self.consistency_ramp() * self.args.consistency_weight * terms["loss_cl"]
         if cell_weights is not None:

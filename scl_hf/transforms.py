@@ -79,6 +79,28 @@ def sample_crop_box(
     return CropBox(x0 / width, y0 / height, x1 / width, y1 / height, flip)
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB of any PIL mode. 16-bit and 32-bit grey ("I;16", "I", "F") are scaled to 0..255 by their bit
+    depth, not clipped: PIL's convert("RGB") clips them, which turns a 16-bit photo almost all white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16"):
+            peak = 65535.0
+        elif image.mode == "F" and array.size and array.max() <= 1.0:
+            peak = 1.0  # float images in [0, 1]
+        else:  # "I" holds 16-bit PNGs on some Pillow versions; 8-bit content stays as it is
+            peak = 65535.0 if array.size and array.max() > 255 else 255.0
+        grey = np.clip(np.rint(array * (255.0 / peak)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")  # transparent pixels over white, as a viewer shows them
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def to_normalised_tensor(image: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     array = np.asarray(image, dtype=np.float32) / 255.0
     tensor = torch.from_numpy(array).permute(2, 0, 1)
@@ -119,7 +141,7 @@ class TrainTransform:
         return sample_crop_box(rng, width, height, self.scale, self.ratio, self.flip_prob)
 
     def __call__(self, image: Image.Image, epoch: int, index: int) -> tuple[torch.Tensor, CropBox]:
-        image = image.convert("RGB")
+        image = to_rgb(image)
         box = self.box_for(*image.size, epoch=epoch, index=index)
         view = crop_and_resize(image, box, self.image_size)
         return to_normalised_tensor(view, self.mean, self.std), box
@@ -133,5 +155,5 @@ class EvalTransform:
         self.mean, self.std = tuple(mean), tuple(std)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        view = image.convert("RGB").resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
+        view = to_rgb(image).resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
         return to_normalised_tensor(view, self.mean, self.std)

@@ -1,20 +1,32 @@
 """Torch datasets that turn rows of a `datasets.Dataset` into model inputs.
 
 `TrainViews` yields the augmented view with its crop box, flip flag and row index (the bank key), and
-the single observed label only: the full-label column is dropped before any row is read, so it cannot
+the observed labels only: `targets`, the multi-hot (C,) vector of the row's observed positives (one-hot for a
+single label), `label`, its first positive (the class a sparse bank always keeps), and `negatives` when the
+labels carry observed negatives. The full-label column is dropped before any row is read, so it cannot
 reach the training loss. The one exception is explicit: `full_labels_column`, which SCLTrainer sets only for
 the full-label upper bound (method "full"), adds a multi-hot `full_labels` target. `EvalViews` yields the
 whole image and the multi-hot target of all labels.
+Labels of every shape are read and checked once, at construction (scl_hf/labels.py).
 Both run in dataloader workers; the epoch lives in a shared-memory tensor that the trainer sets at the
 start of every epoch, so workers (persistent or not) draw the views of the right epoch.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch.utils.data import Dataset
 
+from .labels import column_values, read_labels, require_map_style
 from .transforms import EvalTransform, TrainTransform
+
+SINGLE_LABEL_EVAL_WARNING = (
+    "the evaluation dataset has no column {labels!r} (all positive labels); evaluating on the single labels of "
+    "{label!r} instead: an unlabelled object in view then counts as a false positive, so mAP is a lower bound. "
+    "Set SCLConfig.labels_column={label!r} to say so and silence this warning."
+)
 
 
 def require_columns(dataset, needed: dict[str, str], role: str) -> None:
@@ -28,25 +40,32 @@ def require_columns(dataset, needed: dict[str, str], role: str) -> None:
             )
 
 
-def check_label_range(values, num_labels: int, column: str, role: str) -> None:
-    flat = [v for row in values for v in (row if isinstance(row, list) else [row])]
-    bad = [v for v in flat if not 0 <= int(v) < num_labels]
-    if bad:
-        raise ValueError(
-            f"the {role} column {column!r} holds class id(s) {sorted(set(bad))[:10]} outside 0..{num_labels - 1}; "
-            f"the model has num_labels={num_labels}. Check the label mapping or create the model with more labels."
-        )
+def infer_num_labels(dataset, column: str) -> int:
+    """Classes of a ClassLabel column (or a list of them), else the largest id + 1; used only when no model says it."""
+    feature = dataset.features[column]
+    feature = getattr(feature, "feature", feature)
+    if hasattr(feature, "num_classes"):
+        return int(feature.num_classes)
+    ids = [v for row in column_values(dataset, column) for v in (row if isinstance(row, list) else [row])]
+    if ids and all(isinstance(v, int) for v in ids):
+        return max(ids) + 1
+    raise ValueError(f"cannot tell the number of classes from column {column!r}: pass num_labels")
 
 
 class TrainViews(Dataset):
     def __init__(self, dataset, transform: TrainTransform, epoch_ref: torch.Tensor, image_column: str, label_column: str,
-                 full_labels_column: str | None = None, num_labels: int = 0):
+                 full_labels_column: str | None = None, num_labels: int = 0, names: list[str] | None = None,
+                 label_format: str = "auto"):
+        require_map_style(dataset, "training")
         require_columns(dataset, {image_column: "image_column", label_column: "label_column"}, "training")
-        columns = [image_column, label_column]
+        num_labels = num_labels or infer_num_labels(dataset, label_column)
+        self.labels = read_labels(dataset, label_column, num_labels, "training", names, label_format,
+                                  need_positive=True, allow_negatives=True)
+        self.full_labels = None
         if full_labels_column is not None:  # the "full" upper bound only
             require_columns(dataset, {full_labels_column: "labels_column"}, "training (method='full')")
-            columns.append(full_labels_column)
-        self.rows = dataset.select_columns(columns)
+            self.full_labels = read_labels(dataset, full_labels_column, num_labels, "training (method='full')", names)
+        self.rows = dataset.select_columns([image_column])
         self.transform, self.epoch_ref = transform, epoch_ref
         self.image_column, self.label_column = image_column, label_column
         self.full_labels_column, self.num_labels = full_labels_column, num_labels
@@ -55,29 +74,40 @@ class TrainViews(Dataset):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        row = self.rows[int(index)]
-        image = row[self.image_column]
+        index = int(index)
+        image = self.rows[index][self.image_column]
         if image is None:
             raise ValueError(f"training row {index} has no image")
-        pixels, box = self.transform(image, epoch=int(self.epoch_ref[0]), index=int(index))
+        pixels, box = self.transform(image, epoch=int(self.epoch_ref[0]), index=index)
         item = {
             "pixel_values": pixels,
-            "label": torch.tensor(int(row[self.label_column])),
-            "index": torch.tensor(int(index)),
+            "targets": self.labels.targets(index),
+            "label": torch.tensor(self.labels.primary(index)),
+            "index": torch.tensor(index),
             "boxes": box.as_tensor(),
             "flips": torch.tensor(box.flip),
         }
-        if self.full_labels_column is not None:
-            item["full_labels"] = torch.zeros(self.num_labels)
-            item["full_labels"][list(row[self.full_labels_column])] = 1.0
+        if self.labels.has_negatives:
+            item["negatives"] = self.labels.negative_mask(index)
+        if self.full_labels is not None:
+            item["full_labels"] = self.full_labels.targets(index)
         return item
 
 
 class EvalViews(Dataset):
-    def __init__(self, dataset, transform: EvalTransform, num_labels: int, image_column: str, labels_column: str):
+    """`labels_column` holds every positive of a row (ids, names or a 0/1 vector); a split with only the
+    single-label `label_column` is evaluated on it, with a warning that says what that measures."""
+
+    def __init__(self, dataset, transform: EvalTransform, num_labels: int, image_column: str, labels_column: str,
+                 names: list[str] | None = None, labels_format: str = "auto", label_column: str | None = None):
+        require_map_style(dataset, "evaluation")
+        if labels_column not in dataset.column_names and label_column in dataset.column_names:
+            warnings.warn(SINGLE_LABEL_EVAL_WARNING.format(labels=labels_column, label=label_column), UserWarning,
+                          stacklevel=3)
+            labels_column = label_column
         require_columns(dataset, {image_column: "image_column", labels_column: "labels_column"}, "evaluation")
-        check_label_range(dataset[labels_column], num_labels, labels_column, "evaluation")
-        self.rows = dataset.select_columns([image_column, labels_column])
+        self.labels = read_labels(dataset, labels_column, num_labels, "evaluation", names, labels_format)
+        self.rows = dataset.select_columns([image_column])
         self.transform, self.num_labels = transform, num_labels
         self.image_column, self.labels_column = image_column, labels_column
 
@@ -85,10 +115,8 @@ class EvalViews(Dataset):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        row = self.rows[int(index)]
-        target = torch.zeros(self.num_labels)
-        target[list(row[self.labels_column])] = 1.0
-        return {"pixel_values": self.transform(row[self.image_column]), "labels": target}
+        index = int(index)
+        return {"pixel_values": self.transform(self.rows[index][self.image_column]), "labels": self.labels.targets(index)}
 
 
 def stack_batch(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

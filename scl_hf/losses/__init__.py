@@ -19,7 +19,9 @@ from .registry import (
     BaseLossInfo,
     LossContext,
     MethodSpec,
+    known_negatives,
     masked_mean,
+    observed_matrix,
     observed_one_hot,
     parse_method,
     register_base_loss,
@@ -35,7 +37,8 @@ from .terms import (
 
 __all__ = [
     "BASELINE_DEFAULTS", "BASE_LOSSES", "assume_negative_loss", "BASE_LOSS_INFO", "CONSISTENCY_TERMS", "DATASET_DEFAULTS", "BaseLossInfo",
-    "LossContext", "MethodSpec", "consistency_loss", "crop_corrected_weights", "expected_negatives_ignore",
-    "masked_mean", "observed_one_hot", "observed_positive_auc", "reliability_gate", "options_from_config", "parse_method", "register_base_loss", "sharpen",
+    "LossContext", "MethodSpec", "known_negatives", "observed_matrix", "consistency_loss", "crop_corrected_weights",
+    "expected_negatives_ignore", "masked_mean", "observed_one_hot", "observed_positive_auc", "reliability_gate",
+    "options_from_config", "parse_method", "register_base_loss", "sharpen",
     "spatial_consistency_loss", "validate_options",
 ]

@@ -13,8 +13,13 @@ treats the k-th entry inconsistently) and never more than there are unobserved e
 predictions recorded during the epoch's own training steps instead of a second, eval-mode pass over the
 training set (which costs one extra inference epoch per epoch).
 
+Partial labels: `targets` is the (B, C) multi-hot matrix of observed positives (one-hot for single-positive rows),
+so every loss takes several positives as it takes one; observed negatives (`ctx.observed_negatives`) become plain
+BCE towards 0 in every loss (`known_negatives`) and are never ranked, corrected or pseudo-labelled.
+
 Stateful losses (ROLE, LL-Cp, EM-APL) declare `make_state(labels, num_classes, options) -> LossState` at
-registration. The trainer builds the state once (observed labels of the training set, N rows), puts its
+registration, `labels` the (N, C) observed-positive matrix ((N,) single ids are accepted too). The trainer
+builds the state once (N rows), puts its
 parameters into the optimizer as their own group (learning rate × `lr_multiplier`), passes it as `ctx.state`,
 saves it next to each checkpoint and restores it on resume; it is never part of the exported model.
 """
@@ -28,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import LossContext, masked_mean, register_base_loss
+from .registry import LossContext, known_negatives, masked_mean, observed_matrix, register_base_loss
 
 # Defaults for COCO, the headline protocol (Cole et al. 2021); VOC values in DATASET_DEFAULTS. SCLConfig
 # exposes each under the same name; `ctx.options` carries them to the losses.
@@ -54,7 +59,7 @@ def assume_negative_loss(
     logits: torch.Tensor, targets: torch.Tensor, ctx: LossContext, ignore: torch.Tensor | None = None
 ) -> torch.Tensor:
     """"Assume negative": BCE with every unobserved class as a negative (Cole et al. 2021 baseline)."""
-    values = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    values = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")  # observed negatives: BCE to 0 already
     if ctx.element_weights is not None:
         values = values * ctx.element_weights
     return masked_mean(values, None if ignore is None else ~ignore)
@@ -114,7 +119,8 @@ def assume_negative_label_smoothing(logits, targets, ctx: LossContext, ignore=No
     """
     eps = option(ctx, "ls_coefficient")
     smoothed = targets * (1.0 - eps) + (1.0 - targets) * eps
-    return reduce_entries(F.binary_cross_entropy_with_logits(logits, smoothed, reduction="none"), ctx, ignore)
+    values = F.binary_cross_entropy_with_logits(logits, smoothed, reduction="none")
+    return reduce_entries(known_negatives(values, logits, ctx), ctx, ignore)
 
 
 @register_base_loss("wan", crop_negative_mask=False)
@@ -128,7 +134,7 @@ def weak_assume_negative(logits, targets, ctx: LossContext, ignore=None) -> torc
     """
     values = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     gamma = 1.0 / max(logits.shape[1] - 1, 1)
-    return reduce_entries(torch.where(targets > 0.5, values, gamma * values), ctx, ignore)
+    return reduce_entries(known_negatives(torch.where(targets > 0.5, values, gamma * values), logits, ctx), ctx, ignore)
 
 
 @register_base_loss("epr", crop_negative_mask=False)
@@ -143,7 +149,7 @@ def expected_positive_regularization(logits, targets, ctx: LossContext, ignore=N
     """
     values = targets * F.softplus(-logits)
     penalty = expected_positive_penalty(torch.sigmoid(logits), option(ctx, "expected_positives"))
-    return reduce_entries(values, ctx, ignore) + penalty
+    return reduce_entries(known_negatives(values, logits, ctx), ctx, ignore) + penalty
 
 
 @register_base_loss("em", crop_negative_mask=False)
@@ -154,7 +160,7 @@ def entropy_maximization(logits, targets, ctx: LossContext, ignore=None) -> torc
     Sec. 3.2 Eq. 4; repo Correr-Zhou/SPML-AckTheUnknown, losses.py `loss_EM`; α = `em_alpha` (coco 0.1).
     """
     values = torch.where(targets > 0.5, F.softplus(-logits), option(ctx, "em_alpha") * negative_entropy(logits))
-    return reduce_entries(values, ctx, ignore)
+    return reduce_entries(known_negatives(values, logits, ctx), ctx, ignore)
 
 
 @register_base_loss("full", full_labels=True, crop_negative_mask=False)
@@ -197,6 +203,8 @@ def large_loss(logits, targets, ctx: LossContext, ignore, scheme: str) -> torch.
     candidates = targets < 0.5
     if ignore is not None:
         candidates &= ~ignore
+    if ctx.observed_negatives is not None:  # a labelled negative is not a noisy guess: never rejected or corrected
+        candidates &= ~ctx.observed_negatives.bool()
     k = large_loss_count(ctx.epoch, targets.numel(), option(ctx, "ll_delta_rel"), permanent=scheme == "ll-cp")
     k = min(k, int(candidates.sum()))
     if k > 0:
@@ -209,7 +217,7 @@ def large_loss(logits, targets, ctx: LossContext, ignore, scheme: str) -> torch.
             values = torch.where(chosen, F.softplus(-logits), values)
         if state is not None:
             state.correct(ctx.indices, chosen)
-    return reduce_entries(values, ctx, ignore)
+    return reduce_entries(known_negatives(values, logits, ctx), ctx, ignore)
 
 
 class LossState(nn.Module):
@@ -281,7 +289,7 @@ class LabelEstimates(LossState):
         generator = torch.Generator().manual_seed(int(options.get("seed", 0)))
         spread = math.log(0.6 / 0.4)
         table = spread * (2.0 * torch.rand(len(labels), num_classes, generator=generator) - 1.0)
-        table[torch.arange(len(labels)), labels.long()] = math.log(0.995 / 0.005)
+        table[observed_matrix(labels, num_classes)] = math.log(0.995 / 0.005)
         self.logits = nn.Parameter(table)
         self.lr_multiplier = float(options.get("role_lr_multiplier", BASELINE_DEFAULTS["role_lr_multiplier"]))
 
@@ -310,7 +318,7 @@ def regularized_online_label_estimation(logits, targets, ctx: LossContext, ignor
         cross = cross.masked_fill(ignore, 0.0)
     expected = option(ctx, "expected_positives")
     penalty = expected_positive_penalty(probs, expected) + expected_positive_penalty(torch.sigmoid(estimates), expected)
-    return reduce_entries(0.5 * (positives + cross), ctx, ignore) + 0.5 * penalty
+    return reduce_entries(known_negatives(0.5 * (positives + cross), logits, ctx), ctx, ignore) + 0.5 * penalty
 
 
 # ----------------------------------------------------------------------------- EM + APL (Zhou et al.)
@@ -326,9 +334,7 @@ class PseudoNegatives(LossState):
     def __init__(self, labels: torch.Tensor, num_classes: int, options: dict):
         super().__init__()
         rows = len(labels)
-        observed = torch.zeros(rows, num_classes, dtype=torch.bool)
-        observed[torch.arange(rows), labels.long()] = True
-        self.register_buffer("observed", observed)
+        self.register_buffer("observed", observed_matrix(labels, num_classes))
         self.register_buffer("probs", torch.zeros(rows, num_classes))
         self.register_buffer("recorded", torch.zeros(rows, dtype=torch.bool))
         self.register_buffer("soft_negatives", torch.full((rows, num_classes), math.nan))
@@ -385,4 +391,4 @@ def entropy_maximization_asymmetric_pseudo_labels(logits, targets, ctx: LossCont
     unknown = torch.where(pseudo, pseudo_loss, option(ctx, "em_alpha") * negative_entropy(logits))
     values = torch.where(targets > 0.5, F.softplus(-logits), unknown)
     state.record(ctx.indices, torch.sigmoid(logits.detach()))
-    return reduce_entries(values, ctx, ignore)
+    return reduce_entries(known_negatives(values, logits, ctx), ctx, ignore)

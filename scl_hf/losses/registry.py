@@ -3,7 +3,8 @@
 A training method is written as a "+"-joined string: at most one *base loss* (a registry entry, "an" by
 default) and any of the *consistency terms* "cl" / "en" and "scl":
 
-- base: L_base(z, y) on image logits z (B, C) and the observed single positives y (B,);
+- base: L_base(z, Y) on image logits z (B, C) and the observed positives Y (B, C) multi-hot: one-hot for
+  single-positive rows, several ones for partial labels; `ctx.observed_negatives` (B, C) marks known negatives;
 - "cl":  λ_c · mean over unobserved classes of BCE(σ(z), P̄)      (P̄: the image's running average);
 - "en":  expected negatives: unobserved classes with P̄ ≥ τ are left out of the base loss;
 - "scl": λ_s · Σ W·BCE(σ(F), T) / Σ W over cells and classes      (T, W: bank heatmaps cut under the crop).
@@ -32,11 +33,12 @@ class LossContext:
     full_labels: torch.Tensor | None = None  # only the "full" upper bound may read these
     element_weights: torch.Tensor | None = None  # (B, C) per-entry weights of the base loss (crop correction)
     state: torch.nn.Module | None = None  # per-image state of a stateful base loss (made by the trainer)
+    observed_negatives: torch.Tensor | None = None  # (B, C) bool: classes the labels say are absent (partial labels)
     options: dict = field(default_factory=dict)
 
 
 BaseLoss = Callable[[torch.Tensor, torch.Tensor, LossContext, torch.Tensor | None], torch.Tensor]
-StateFactory = Callable[[torch.Tensor, int, dict], torch.nn.Module]  # (observed labels (N,), C, options)
+StateFactory = Callable[[torch.Tensor, int, dict], torch.nn.Module]  # (observed positives (N, C), C, options)
 BASE_LOSSES: dict[str, BaseLoss] = {}
 
 
@@ -71,6 +73,23 @@ def register_base_loss(
 
 def observed_one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(labels.long(), num_classes).float()
+
+
+def observed_matrix(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, C) bool of observed positives from a (N, C) multi-hot matrix or (N,) single class ids."""
+    if labels.dim() == 1:
+        return observed_one_hot(labels, num_classes).bool()
+    if labels.shape[1] != num_classes:
+        raise ValueError(f"observed labels have {labels.shape[1]} columns, expected {num_classes}")
+    return labels > 0.5
+
+
+def known_negatives(values: torch.Tensor, logits: torch.Tensor, ctx: LossContext) -> torch.Tensor:
+    """Per-entry losses with the observed negatives made plain BCE towards 0, whatever the base loss does with
+    unobserved classes (down-weighting, entropy, estimates): a label that says "absent" is not a guess."""
+    if ctx.observed_negatives is None:
+        return values
+    return torch.where(ctx.observed_negatives.bool(), F.softplus(logits).to(values.dtype), values)
 
 
 def masked_mean(values: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:

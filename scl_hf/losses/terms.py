@@ -32,12 +32,15 @@ def crop_corrected_weights(
 
 
 def consistency_loss(logits: torch.Tensor, targets: torch.Tensor, running_probs: torch.Tensor,
-                     rows: torch.Tensor | None = None) -> torch.Tensor:
+                     rows: torch.Tensor | None = None, observed_negatives: torch.Tensor | None = None) -> torch.Tensor:
     """BCE of the unobserved classes towards the image's running-average prediction P̄; `rows` (B,) bool, optional:
-    the rows that take part (a mask, not an index, so no host sync)."""
+    the rows that take part (a mask, not an index, so no host sync); observed negatives have labels: the base loss
+    trains them."""
     unobserved = targets < 0.5
     if rows is not None:
         unobserved = unobserved & rows[:, None]
+    if observed_negatives is not None:
+        unobserved = unobserved & ~observed_negatives.bool()
     values = F.binary_cross_entropy_with_logits(logits, running_probs.to(logits.dtype), reduction="none")
     return masked_mean(values, unobserved)
 
