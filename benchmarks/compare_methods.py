@@ -44,7 +44,8 @@ from scl_hf.recipes import (
 RESULTS = Path(__file__).resolve().parent / "results"
 # Every base loss alone, the consistency terms on AN, and compositions of baselines with a consistency term.
 DEFAULT_METHODS = ["full", *sorted(n for n in BASE_LOSSES if n != "full"), "cl", "en", "scl",
-                   "an-ls+scl", "wan+scl", "ll-r+scl", "em-apl+scl", "role+scl"]
+                   "an-ls+scl", "wan+scl", "ll-r+scl", "em-apl+scl", "role+scl", "gr+scl", "hill+scl", "splc+scl",
+                   "boostlu+scl"]
 # The synthetic generator draws 1–4 objects per image uniformly: 2.5 positives per image on average. This is
 # the dataset statistic EPR and ROLE assume known (as Cole et al. take 2.9 for COCO), not read from any label.
 SYNTHETIC_OPTIONS = {"expected_positives": 2.5}

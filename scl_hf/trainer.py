@@ -119,7 +119,7 @@ class SCLTrainer(Trainer):
             callbacks=[_EpochSync(self.epoch_ref), _LossStateGrads(self), *(callbacks or [])], **kwargs,
         )
         self.model_accepts_loss_kwargs = False  # our loss is a mean per batch: let Trainer scale it for accumulation
-        self.map_hook = attach_class_maps(self.model) if self.method.needs_heatmaps else None
+        self.map_hook = attach_class_maps(self.model) if self.method.needs_class_maps else None
         self.bank: SCLBank | None = None
         self._bank_snapshot: Snapshot | None = None
         self._loss_terms: dict[str, list[torch.Tensor]] = defaultdict(list)
@@ -313,12 +313,13 @@ class SCLTrainer(Trainer):
         terms: dict[str, torch.Tensor] = {}
 
         class_maps = map_targets = cell_weights = None
-        if self.method.needs_heatmaps:
+        if self.method.needs_class_maps:
             # the head runs per location outside model.forward, which accelerate wraps in autocast: under the
             # same autocast here, or bf16/fp16 features meet the fp32 head ("mat1 and mat2 must have the same dtype")
             with self.accelerator.autocast():
                 class_maps = self.map_hook.pop_maps().float()
-            if active:
+            context.class_maps = class_maps  # BoostLU scores the image from them
+            if active and self.method.needs_heatmaps:
                 map_targets, cell_weights = self.bank.read_spatial(  # built on the maps' device (sparse layout)
                     indices, inputs["boxes"], inputs["flips"], tuple(class_maps.shape[-2:]), device=class_maps.device
                 )
@@ -360,7 +361,8 @@ class SCLTrainer(Trainer):
             loss = loss + self.consistency_ramp() * self.args.spatial_weight * terms["loss_scl"]
 
         if self.bank is not None and self.bank_recording():
-            self.update_bank(indices, inputs["boxes"], inputs["flips"], logits, class_maps, inputs["label"])
+            maps_to_store = class_maps if self.method.needs_heatmaps else None
+            self.update_bank(indices, inputs["boxes"], inputs["flips"], logits, maps_to_store, inputs["label"])
         for name, value in terms.items():
             self._loss_terms[name].append(value.detach())
         return (loss, outputs) if return_outputs else loss
@@ -405,12 +407,16 @@ class SCLTrainer(Trainer):
         super().log(logs, start_time)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Whole-image logits and a multi-label BCE eval loss; class maps are never returned."""
+        """Whole-image logits (a base scoring from class maps, BoostLU, evaluates its own) and a multi-label BCE
+        eval loss; class maps are never returned."""
+        from_maps = self.method.info.logits_from_maps
         if self.map_hook is not None:
-            self.map_hook.enabled = False
+            self.map_hook.enabled = from_maps is not None
         try:
             with torch.no_grad(), self.compute_loss_context_manager():
                 logits = model(pixel_values=inputs["pixel_values"]).logits.float()
+                if from_maps is not None:
+                    logits = from_maps(self.map_hook.pop_maps().float(), self.loss_options)
         finally:
             if self.map_hook is not None:
                 self.map_hook.enabled = True

@@ -1,17 +1,18 @@
 """Loss functions of single-positive multi-label learning: pure functions, no state, no files.
 
 registry.py: the method grammar ("ll-r+scl") and `register_base_loss`; terms.py: the consistency terms;
-baselines.py: the base losses (importing it registers them).
+baselines.py: the base losses up to 2022; robust.py: GR, Hill, SPLC; boostlu.py: BoostLU (importing them registers
+them); defaults.py: every option's default and the published values per dataset.
 """
 
-from . import baselines  # noqa: F401  (registers the base losses)
+from . import baselines, boostlu, robust  # noqa: F401  (registers the base losses)
 from .baselines import (
     BASELINE_DEFAULTS,
     DATASET_DEFAULTS,
     assume_negative_loss,
-    options_from_config,
     validate_options,
 )
+from .defaults import DATASETS, LOSS_DEFAULTS, dataset_defaults, options_from_config
 from .registry import (
     BASE_LOSS_INFO,
     BASE_LOSSES,
@@ -33,7 +34,7 @@ from .terms import (
 )
 
 __all__ = [
-    "BASELINE_DEFAULTS", "BASE_LOSSES", "assume_negative_loss", "BASE_LOSS_INFO", "CONSISTENCY_TERMS", "DATASET_DEFAULTS", "BaseLossInfo",
+    "BASELINE_DEFAULTS", "BASE_LOSSES", "DATASETS", "LOSS_DEFAULTS", "dataset_defaults", "assume_negative_loss", "BASE_LOSS_INFO", "CONSISTENCY_TERMS", "DATASET_DEFAULTS", "BaseLossInfo",
     "LossContext", "MethodSpec", "consistency_loss", "crop_corrected_weights", "expected_negatives_ignore",
     "masked_mean", "observed_one_hot", "options_from_config", "parse_method", "register_base_loss", "sharpen",
     "spatial_consistency_loss", "validate_options",

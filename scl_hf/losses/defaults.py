@@ -1,0 +1,49 @@
+"""Every loss option's default, and the published defaults per dataset that a run applies by name.
+
+`SCLConfig(dataset_defaults="voc")` (the VOC / NUS-WIDE / CUB examples and `scl-hf train voc` set it) fills
+each loss option the user left unset with its dataset's value; an explicit value always wins, and the run's
+training_args.json records the values used. Without a dataset the COCO values apply (the headline protocol).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .baselines import BASELINE_DEFAULTS, DATASET_DEFAULTS
+from .boostlu import BOOSTLU_DEFAULTS
+from .robust import ROBUST_DEFAULTS
+
+LOSS_DEFAULTS: dict[str, float | tuple[float, ...]] = {**BASELINE_DEFAULTS, **ROBUST_DEFAULTS, **BOOSTLU_DEFAULTS}
+DATASETS = ("coco", "voc", "nuswide", "cub")
+# per-dataset values of the losses of other modules (baselines.py keeps its own in DATASET_DEFAULTS)
+EXTRA_DATASET_DEFAULTS: dict[str, dict[str, float | tuple[float, ...]]] = {name: {} for name in DATASETS}
+
+
+def dataset_defaults(dataset: str | None) -> dict[str, float | tuple[float, ...]]:
+    """Every loss option's value for `dataset` (None: the package defaults, which are COCO's)."""
+    if dataset is None:
+        return dict(LOSS_DEFAULTS)
+    key = dataset.lower().replace("-", "").replace("_", "")
+    key = {"pascal": "voc", "nus": "nuswide", "cub200": "cub", "cub2002011": "cub"}.get(key, key)
+    if key not in DATASETS:
+        raise ValueError(f"no published loss defaults for dataset {dataset!r}; choose one of {list(DATASETS)} "
+                         "or leave dataset_defaults unset (COCO's values)")
+    return {**LOSS_DEFAULTS, **DATASET_DEFAULTS.get(key, {}), **EXTRA_DATASET_DEFAULTS.get(key, {})}
+
+
+def _as_option(value) -> float | tuple[float, ...]:
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return tuple(float(v) for v in value)
+    return float(value)
+
+
+def options_from_config(config) -> dict:
+    """The loss options of an SCLConfig (any object with those attributes; missing or None ones take the
+    defaults of its `dataset_defaults`), plus its seed."""
+    defaults = dataset_defaults(getattr(config, "dataset_defaults", None))
+    found = {}
+    for name, default in defaults.items():
+        value = getattr(config, name, None)
+        found[name] = _as_option(default if value is None else value)
+    found["seed"] = int(getattr(config, "seed", 0))
+    return found
