@@ -171,6 +171,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     from . import hub
     from .config import SCLConfig
+    from .losses import DATASETS as LOSS_DEFAULT_DATASETS
     from .models import create_model
     from .trainer import SCLTrainer
 
@@ -194,6 +195,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
         weight_decay=1e-4, lr_scheduler_type="cosine", use_cpu=not torch.cuda.is_available(), eval_strategy="epoch",
         save_strategy="epoch", save_total_limit=1, logging_steps=10, report_to="none",
     )
+    if ns.dataset in LOSS_DEFAULT_DATASETS:  # the dataset's published loss hyperparameters; --set ones win
+        settings["dataset_defaults"] = ns.dataset
     settings.update(overrides)
     try:
         args = SCLConfig(**settings)

@@ -1,0 +1,45 @@
+"""Per-dataset loss defaults: SCLConfig(dataset_defaults=...) fills the unset options; explicit values win."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scl_hf import SCLConfig
+from scl_hf.losses import LOSS_DEFAULTS, dataset_defaults, options_from_config
+
+
+def config(**kwargs) -> SCLConfig:
+    return SCLConfig(output_dir="unused", report_to="none", **kwargs)
+
+
+@pytest.mark.parametrize("dataset, expected", [
+    ("voc", {"expected_positives": 1.5, "em_alpha": 0.2, "apl_beta": 0.02, "apl_warmup_epochs": 5}),
+    ("nuswide", {"expected_positives": 1.9, "em_alpha": 0.1, "apl_beta": 0.2, "apl_warmup_epochs": 4}),
+    ("cub", {"expected_positives": 31.4, "em_alpha": 0.01, "apl_beta": 0.4, "apl_warmup_epochs": 3}),
+    (None, {"expected_positives": 2.9, "em_alpha": 0.1, "apl_beta": 0.9, "apl_warmup_epochs": 5}),
+])
+def test_unset_options_take_the_datasets_values_and_are_recorded(dataset, expected):
+    args = config(method="em-apl", dataset_defaults=dataset)
+    recorded = json.loads(args.to_json_string())
+    for name, value in expected.items():
+        assert getattr(args, name) == value and recorded[name] == value
+    assert options_from_config(args)["apl_beta"] == expected["apl_beta"]
+
+
+def test_an_explicit_value_wins_over_the_dataset():
+    args = config(method="epr", dataset_defaults="voc", expected_positives=4.0)
+    assert args.expected_positives == 4.0 and args.em_alpha == 0.2
+
+
+def test_every_option_has_a_config_field_and_a_value():
+    args = config()
+    for name in LOSS_DEFAULTS:
+        assert getattr(args, name) is not None, name
+    assert dataset_defaults("Pascal") == dataset_defaults("voc")
+
+
+def test_unknown_dataset_names_the_valid_ones():
+    with pytest.raises(ValueError, match="coco.*voc.*nuswide.*cub"):
+        config(dataset_defaults="imagenet21k")
