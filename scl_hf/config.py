@@ -156,6 +156,16 @@ class SCLConfig(TrainingArguments):
     boostlu_delta_rel: float | None = field(
         default=None, metadata={"help": "'boostlu': LL-R's Δrel in % per epoch (Kim et al. 2023: 0.5)."}
     )
+    loss_options: dict | str | None = field(
+        default=None,
+        metadata={"help": "Any loss option by name, as a dict or JSON string, e.g. '{\"vlpl_threshold\": 0.25}' "
+                  "(every name and default: scl_hf.losses.LOSS_DEFAULTS); wins over the fields above."},
+    )
+    pseudo_label_column: str = field(
+        default="clip_scores",
+        metadata={"help": "'vlpl'/'aevlp': training column of CLIP region-class similarities "
+                  "(scl_hf.data.add_clip_scores). Read for those base losses only."},
+    )
     # ----- augmentation
     image_size: int = field(default=448, metadata={"help": "Side of the square training/eval views (protocol: 448)."})
     crop_scale_min: float = field(
@@ -185,6 +195,8 @@ class SCLConfig(TrainingArguments):
 
     def __post_init__(self):
         self.method_spec = parse_method(self.method)
+        if isinstance(self.loss_options, str):
+            self.loss_options = json.loads(self.loss_options)
         self.apply_dataset_defaults()
         validate_options(options_from_config(self))
         if not 0.0 <= self.momentum < 1.0:

@@ -106,8 +106,9 @@ class SCLTrainer(Trainer):
             full_labels_column = args.labels_column if self.method.needs_full_labels else None  # "full" only
             if full_labels_column is not None:
                 warnings.warn(FULL_LABELS_WARNING, UserWarning, stacklevel=2)
+            pseudo_column = args.pseudo_label_column if self.method.info.pseudo_labels else None  # vlpl/aevlp only
             train_dataset = TrainViews(train_dataset, self.train_transform, self.epoch_ref, args.image_column,
-                                       args.label_column, full_labels_column, self.num_labels)
+                                       args.label_column, full_labels_column, self.num_labels, pseudo_column)
         eval_dataset = self._eval_views(eval_dataset, args)
         if compute_metrics is None:
             compute_metrics = make_compute_metrics(
@@ -307,6 +308,7 @@ class SCLTrainer(Trainer):
         context = LossContext(
             epoch=self.state.epoch or 0.0, num_classes=self.num_labels, indices=indices, state=self.loss_state,
             full_labels=inputs.get("full_labels"),  # present for method="full" only (TrainViews)
+            pseudo_labels=inputs.get("pseudo_labels"),  # CLIP scores, for 'vlpl'/'aevlp' only
             options={**self.loss_options, "num_epochs": self.state.num_train_epochs or self.args.num_train_epochs},
         )
         active = self.consistency_active()

@@ -3,7 +3,8 @@
 `TrainViews` yields the augmented view with its crop box, flip flag and row index (the bank key), and
 the single observed label only: the full-label column is dropped before any row is read, so it cannot
 reach the training loss. The one exception is explicit: `full_labels_column`, which SCLTrainer sets only for
-the full-label upper bound (method "full"), adds a multi-hot `full_labels` target. `EvalViews` yields the
+the full-label upper bound (method "full"), adds a multi-hot `full_labels` target; `pseudo_label_column` adds the
+CLIP scores a pseudo-label base loss reads (an input computed from the image, like the single positive). `EvalViews` yields the
 whole image and the multi-hot target of all labels.
 Both run in dataloader workers; the epoch lives in a shared-memory tensor that the trainer sets at the
 start of every epoch, so workers (persistent or not) draw the views of the right epoch.
@@ -40,16 +41,20 @@ def check_label_range(values, num_labels: int, column: str, role: str) -> None:
 
 class TrainViews(Dataset):
     def __init__(self, dataset, transform: TrainTransform, epoch_ref: torch.Tensor, image_column: str, label_column: str,
-                 full_labels_column: str | None = None, num_labels: int = 0):
+                 full_labels_column: str | None = None, num_labels: int = 0, pseudo_label_column: str | None = None):
         require_columns(dataset, {image_column: "image_column", label_column: "label_column"}, "training")
         columns = [image_column, label_column]
         if full_labels_column is not None:  # the "full" upper bound only
             require_columns(dataset, {full_labels_column: "labels_column"}, "training (method='full')")
             columns.append(full_labels_column)
+        if pseudo_label_column is not None:  # CLIP scores of a pseudo-label base loss: an input, not a label
+            require_columns(dataset, {pseudo_label_column: "pseudo_label_column"}, "training (method 'vlpl'/'aevlp')")
+            columns.append(pseudo_label_column)
         self.rows = dataset.select_columns(columns)
         self.transform, self.epoch_ref = transform, epoch_ref
         self.image_column, self.label_column = image_column, label_column
         self.full_labels_column, self.num_labels = full_labels_column, num_labels
+        self.pseudo_label_column = pseudo_label_column
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -70,6 +75,8 @@ class TrainViews(Dataset):
         if self.full_labels_column is not None:
             item["full_labels"] = torch.zeros(self.num_labels)
             item["full_labels"][list(row[self.full_labels_column])] = 1.0
+        if self.pseudo_label_column is not None:
+            item["pseudo_labels"] = torch.as_tensor(row[self.pseudo_label_column], dtype=torch.float32)
         return item
 
 

@@ -11,12 +11,15 @@ from collections.abc import Sequence
 
 from .baselines import BASELINE_DEFAULTS, DATASET_DEFAULTS
 from .boostlu import BOOSTLU_DEFAULTS
+from .pseudo_labels import PSEUDO_LABEL_DATASET_DEFAULTS, PSEUDO_LABEL_DEFAULTS
 from .robust import ROBUST_DEFAULTS
 
-LOSS_DEFAULTS: dict[str, float | tuple[float, ...]] = {**BASELINE_DEFAULTS, **ROBUST_DEFAULTS, **BOOSTLU_DEFAULTS}
+LOSS_DEFAULTS: dict[str, float | tuple[float, ...]] = {
+    **BASELINE_DEFAULTS, **ROBUST_DEFAULTS, **BOOSTLU_DEFAULTS, **PSEUDO_LABEL_DEFAULTS
+}
 DATASETS = ("coco", "voc", "nuswide", "cub")
 # per-dataset values of the losses of other modules (baselines.py keeps its own in DATASET_DEFAULTS)
-EXTRA_DATASET_DEFAULTS: dict[str, dict[str, float | tuple[float, ...]]] = {name: {} for name in DATASETS}
+EXTRA_DATASET_DEFAULTS: dict[str, dict[str, float | tuple[float, ...]]] = PSEUDO_LABEL_DATASET_DEFAULTS
 
 
 def dataset_defaults(dataset: str | None) -> dict[str, float | tuple[float, ...]]:
@@ -37,13 +40,21 @@ def _as_option(value) -> float | tuple[float, ...]:
     return float(value)
 
 
+def check_option_names(options: dict) -> None:
+    unknown = sorted(set(options) - set(LOSS_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown loss option(s) {unknown} in loss_options; known: {sorted(LOSS_DEFAULTS)}")
+
+
 def options_from_config(config) -> dict:
     """The loss options of an SCLConfig (any object with those attributes; missing or None ones take the
-    defaults of its `dataset_defaults`), plus its seed."""
+    defaults of its `dataset_defaults`; its `loss_options` dict sets any option by name), plus its seed."""
     defaults = dataset_defaults(getattr(config, "dataset_defaults", None))
+    extra = getattr(config, "loss_options", None) or {}
+    check_option_names(extra)
     found = {}
     for name, default in defaults.items():
-        value = getattr(config, name, None)
+        value = extra.get(name, getattr(config, name, None))
         found[name] = _as_option(default if value is None else value)
     found["seed"] = int(getattr(config, "seed", 0))
     return found
