@@ -14,7 +14,8 @@ import json
 from collections.abc import Sequence
 
 import torch
-from datasets import Dataset, Sequence as SequenceFeature, Value
+from datasets import Dataset, Value
+from datasets import Sequence as SequenceFeature
 from PIL import Image
 
 PROVENANCE_KEY = "scl_hf_clip_scores"

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .baselines import expected_positive_penalty, negative_entropy, option, reduce_entries
 from .registry import LossContext, register_base_loss
-from .robust import gr_schedule, generalized_robust_negatives
+from .robust import generalized_robust_negatives, gr_schedule
 
 PSEUDO_LABEL_DEFAULTS: dict[str, float | tuple[float, ...]] = {
     "clip_temperature": 0.01,  # VLPL main_clip.py --temp, AEVLP configs temp (cub 0.1)
