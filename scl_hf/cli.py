@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-DATASETS = ("synthetic", "coco", "voc", "imagenet")
+DATASETS = ("synthetic", "coco", "voc", "nuswide", "cub", "imagenet")
 TINY = {"num_train": 48, "num_test": 24, "source_size": 96, "image_size": 64, "epochs": 2, "batch_size": 16}
 RUN_INFO = "scl_hf_run.json"  # what the CLI knows about a run and the trainer does not (dataset, initialisation)
 
@@ -40,6 +40,8 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--coco_root", help="COCO folder holding annotations/, train2014/ and val2014/")
     group.add_argument("--voc_root", help="folder holding VOCdevkit/ (or VOCdevkit, or VOC2012 itself)")
+    group.add_argument("--nus_root", help="NUS-WIDE folder: Cole et al.'s formatted_*.npy files and Flickr/")
+    group.add_argument("--cub_root", help="folder holding CUB_200_2011/ and attributes.txt (the extracted tgz)")
     group.add_argument("--imagenet_train", help="ImageNet train folder (one sub-folder per class)")
     group.add_argument("--imagenet_val", help="ImageNet validation image folder")
     group.add_argument("--real_json", help="ReaL multi-label file (real.json) for the validation images")
@@ -127,6 +129,10 @@ def load_dataset(ns: argparse.Namespace):
         splits = data.load_coco(_require(ns.coco_root, "--coco_root", "coco"), cache_dir=ns.cache_dir)
     elif ns.dataset == "voc":
         splits = data.load_voc(_require(ns.voc_root, "--voc_root", "voc"), cache_dir=ns.cache_dir)
+    elif ns.dataset == "nuswide":
+        splits = data.load_nus_wide(_require(ns.nus_root, "--nus_root", "nuswide"), cache_dir=ns.cache_dir)
+    elif ns.dataset == "cub":
+        splits = data.load_cub(_require(ns.cub_root, "--cub_root", "cub"), cache_dir=ns.cache_dir)
     else:
         splits = data.load_imagenet_real(_require(ns.imagenet_train, "--imagenet_train", "imagenet"),
                                          _require(ns.imagenet_val, "--imagenet_val", "imagenet"),

@@ -163,7 +163,7 @@ def examples_on_path(monkeypatch):
     """The examples import their shared module as ``common`` (the script's folder is on sys.path)."""
     monkeypatch.syspath_prepend(str(EXAMPLES))
     yield
-    for name in ("common", "train_coco", "train_voc", "train_imagenet"):
+    for name in ("common", "train_coco", "train_voc", "train_imagenet", "train_nus_wide", "train_cub"):
         sys.modules.pop(name, None)
 
 
@@ -204,6 +204,19 @@ def test_each_example_applies_its_datasets_loss_defaults(examples_on_path, tmp_p
         defaults=train_coco.LOSS_DEFAULTS,
     )
     assert (coco.expected_positives, coco.em_alpha, coco.apl_beta) == (3.5, 0.1, 0.9)
+
+
+def test_nus_wide_and_cub_examples_train_with_their_defaults(tmp_path):
+    from fixtures_nus_cub import make_fake_cub, make_fake_nus_wide
+
+    make_fake_nus_wide(tmp_path / "nus", num_train=16, num_val=6)
+    make_fake_cub(tmp_path / "cub", num_images=16)
+    for script, flag, root, expected in (("train_nus_wide.py", "--nus_root", "nus", 1.9),
+                                         ("train_cub.py", "--cub_root", "cub", 31.4)):
+        out = tmp_path / f"run_{root}"
+        metrics = run_example(script, [flag, str(tmp_path / root), *TINY, *TWO_STEPS, "--method", "epr"], out)
+        assert metrics["test_samples"] > 0
+        assert json.loads((out / "final" / "training_args.json").read_text())["expected_positives"] == expected
 
 
 def test_required_dataset_path(examples_on_path, tmp_path, capsys):
