@@ -123,3 +123,29 @@ def test_ignored_entries_leave_the_mean():
 def test_recent_options_reach_the_config():
     args = SCLConfig(output_dir="unused", method="gr", gr_q=[0.5, 1.0], splc_tau=0.7, report_to="none")
     assert args.gr_q == [0.5, 1.0] and args.splc_tau == 0.7 and args.hill_lambda == 1.5
+
+
+def test_boostlu_trains_and_evaluates_its_boosted_scores(tiny_synthetic, tmp_path):
+    from scl_hf import SCLTrainer, create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_labels=5)
+    args = SCLConfig(output_dir=str(tmp_path / "run"), method="boostlu+scl", image_size=64, num_train_epochs=2,
+                     per_device_train_batch_size=8, per_device_eval_batch_size=8, learning_rate=1e-3, use_cpu=True,
+                     warmup_epochs=1, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+                     bank_size=8)
+    trainer = SCLTrainer(model=model, args=args, train_dataset=tiny_synthetic["train"],
+                         eval_dataset=tiny_synthetic["test"])
+    trainer.train()
+    assert [h["loss_scl"] for h in trainer.state.log_history if "loss_scl" in h]
+    with torch.no_grad():  # make some cells positive, so that the boost shows
+        trainer.model.timm_model.get_classifier().bias += 3.0
+    predictions = trainer.predict(trainer.eval_dataset).predictions
+    batch = torch.stack([trainer.eval_dataset[i]["pixel_values"] for i in range(4)])
+    trainer.model.eval()
+    with torch.no_grad():
+        plain = trainer.model(pixel_values=batch).logits
+        boosted = boosted_logits(trainer.map_hook.pop_maps(), 5.0)
+    np_boosted = boosted.numpy()
+    assert not torch.allclose(plain, boosted, atol=1e-4)  # the boost changes the scores
+    assert abs(predictions[:4] - np_boosted).max() < 1e-4
