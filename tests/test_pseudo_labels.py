@@ -102,6 +102,12 @@ def test_clip_scores_are_cosines_of_clips_own_embeddings(tiny_clip, tiny_synthet
         expected = (out.logits_per_image / model.logit_scale.exp()).numpy()
     np.testing.assert_allclose(scores[:, 0], expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(scores[:, 0], scores[:, 1])  # the grid crops are scored on their own
+    prompts = ["a photo of a {}.", "a {} in a picture."]
+    ensembled = add_clip_scores(train, names, str(tiny_clip), prompt=prompts)
+    assert clip_score_provenance(ensembled)["prompt"] == prompts
+    assert not np.allclose(np.asarray(ensembled["clip_scores"])[:, 0], scores[:, 0])
+    with pytest.raises(ValueError, match="'{}'"):
+        add_clip_scores(train, names, str(tiny_clip), prompt="a photo")
 
 
 def test_vlpl_and_aevlp_train_with_scl_from_a_clip_column(tiny_clip, tiny_synthetic, tmp_path):

@@ -2,7 +2,7 @@
 
 Any CLIP checkpoint that `transformers.CLIPModel` loads (a local folder or a hub name) scores each image once:
 the whole image and, with `grid_size=g`, the g×g grid of crops AEVLP uses (row-major), against one text prompt
-per class ("a photo of a {}." by default). The column holds the cosine similarities, (1 + g²) × C per row; the
+per class ("a photo of a {}." by default, or a prompt set whose embeddings are averaged). The column holds the cosine similarities, (1 + g²) × C per row; the
 losses (scl_hf/losses/pseudo_labels.py) turn them into pseudo-labels. The model name, prompt and grid are recorded
 in the dataset's `info.description` (`clip_score_provenance` reads them back), and `datasets` caches the
 computation by fingerprint, so a second call with the same inputs reads the Arrow cache.
@@ -40,12 +40,16 @@ def _projected(output) -> torch.Tensor:
 
 
 @torch.no_grad()
-def text_embeddings(model, processor, class_names: Sequence[str], prompt: str) -> torch.Tensor:
-    texts = [prompt.format(name.replace("_", " ")) for name in class_names]
-    tokens = processor(text=texts, return_tensors="pt", padding=True)
-    features = _projected(model.get_text_features(input_ids=tokens["input_ids"],
-                                                  attention_mask=tokens.get("attention_mask")))
-    return torch.nn.functional.normalize(features.float(), dim=-1)
+def text_embeddings(model, processor, class_names: Sequence[str], prompts: Sequence[str]) -> torch.Tensor:
+    """(C, D) unit class embeddings: the mean of the unit embeddings of every prompt (CLIP's prompt ensembling)."""
+    total = 0
+    for prompt in prompts:
+        texts = [prompt.format(name.replace("_", " ")) for name in class_names]
+        tokens = processor(text=texts, return_tensors="pt", padding=True)
+        features = _projected(model.get_text_features(input_ids=tokens["input_ids"].to(model.device),
+                                                      attention_mask=tokens["attention_mask"].to(model.device)))
+        total = total + torch.nn.functional.normalize(features.float(), dim=-1)
+    return torch.nn.functional.normalize(total, dim=-1)
 
 
 @torch.no_grad()
@@ -63,18 +67,21 @@ def add_clip_scores(
     dataset: Dataset,
     class_names: Sequence[str],
     model_name_or_path: str,
-    prompt: str = "a photo of a {}.",
+    prompt: str | Sequence[str] = "a photo of a {}.",
     grid_size: int = 0,
     column: str = "clip_scores",
     image_column: str = "image",
     batch_size: int = 16,
     device: str | None = None,
 ) -> Dataset:
-    """`dataset` with `column` added: per row, the (1 + grid_size²) × C CLIP similarities (see the module)."""
+    """`dataset` with `column` added: per row, the (1 + grid_size²) × C CLIP similarities (see the module).
+    `prompt` is one template or a prompt set (their class embeddings are averaged)."""
     from transformers import CLIPModel, CLIPProcessor
 
-    if "{}" not in prompt:
-        raise ValueError(f"prompt must hold '{{}}' where the class name goes, got {prompt!r}")
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    bad = [p for p in prompts if "{}" not in p]
+    if bad or not prompts:
+        raise ValueError(f"every prompt must hold '{{}}' where the class name goes, got {bad or prompts!r}")
     if image_column not in dataset.column_names:
         raise ValueError(f"the dataset has no image column {image_column!r} (columns: {dataset.column_names})")
     try:
@@ -85,7 +92,7 @@ def add_clip_scores(
                       "save_pretrained, or a hub name reachable from here (e.g. openai/clip-vit-base-patch16)") from err
     if device is not None:
         model.to(device)
-    texts = text_embeddings(model, processor, class_names, prompt)
+    texts = text_embeddings(model, processor, class_names, prompts)
 
     def score(batch):
         sims = region_similarities(model, processor, batch[image_column], texts, grid_size)
@@ -95,7 +102,7 @@ def add_clip_scores(
     features[column] = SequenceFeature(SequenceFeature(Value("float32")))
     scored = dataset.map(score, batched=True, batch_size=batch_size, features=features,
                          desc=f"CLIP scores ({model_name_or_path})")
-    provenance = {"model": str(model_name_or_path), "prompt": prompt, "grid_size": grid_size, "column": column,
+    provenance = {"model": str(model_name_or_path), "prompt": prompt if isinstance(prompt, str) else prompts, "grid_size": grid_size, "column": column,
                   "class_names": list(class_names)}
     scored.info.description = json.dumps({PROVENANCE_KEY: provenance})
     return scored
