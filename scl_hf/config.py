@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .losses import dataset_defaults, options_from_config, parse_method, validate_options
+from .losses import (
+    dataset_defaults,
+    options_from_config,
+    parse_method,
+    validate_options,
+    validate_recent_options,
+)
 
 
 @dataclass
@@ -198,7 +204,9 @@ class SCLConfig(TrainingArguments):
         if isinstance(self.loss_options, str):
             self.loss_options = json.loads(self.loss_options)
         self.apply_dataset_defaults()
-        validate_options(options_from_config(self))
+        options = options_from_config(self)
+        validate_options(options)
+        validate_recent_options(options)
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.spatial_loss not in ("bce", "mse"):

@@ -33,13 +33,30 @@ def test_an_explicit_value_wins_over_the_dataset():
     assert args.expected_positives == 4.0 and args.em_alpha == 0.2
 
 
-def test_every_option_has_a_config_field_and_a_value():
+def test_every_option_has_a_value_and_all_but_the_pseudo_label_ones_a_field():
+    from scl_hf.losses.pseudo_labels import PSEUDO_LABEL_DEFAULTS
+
     args = config()
+    options = options_from_config(args)
     for name in LOSS_DEFAULTS:
-        assert getattr(args, name) is not None, name
+        assert options[name] is not None, name
+        if name not in PSEUDO_LABEL_DEFAULTS:  # those are set through loss_options
+            assert getattr(args, name) is not None, name
+    assert options_from_config(config(dataset_defaults="cub"))["aevlp_top_k"] == 32
     assert dataset_defaults("Pascal") == dataset_defaults("voc")
 
 
 def test_unknown_dataset_names_the_valid_ones():
     with pytest.raises(ValueError, match="coco.*voc.*nuswide.*cub"):
         config(dataset_defaults="imagenet21k")
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"gr_q": [0.01]}, "gr_q takes 2 numbers"),
+    ({"splc_tau": 1.5}, "splc_tau"),
+    ({"loss_options": {"aevlp_lambda": [0.2, 0.7]}}, "λ2 ≤ λ1"),
+    ({"loss_options": {"no_such_option": 1}}, "unknown loss option"),
+])
+def test_bad_recent_options_fail_at_configuration(bad, message):
+    with pytest.raises(ValueError, match=message):
+        config(**bad)

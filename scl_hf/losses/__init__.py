@@ -12,7 +12,7 @@ from .baselines import (
     assume_negative_loss,
     validate_options,
 )
-from .defaults import DATASETS, LOSS_DEFAULTS, dataset_defaults, options_from_config
+from .defaults import DATASETS, LOSS_DEFAULTS, dataset_defaults, options_from_config, validate_recent_options
 from .registry import (
     BASE_LOSS_INFO,
     BASE_LOSSES,
@@ -37,5 +37,5 @@ __all__ = [
     "BASELINE_DEFAULTS", "BASE_LOSSES", "DATASETS", "LOSS_DEFAULTS", "dataset_defaults", "assume_negative_loss", "BASE_LOSS_INFO", "CONSISTENCY_TERMS", "DATASET_DEFAULTS", "BaseLossInfo",
     "LossContext", "MethodSpec", "consistency_loss", "crop_corrected_weights", "expected_negatives_ignore",
     "masked_mean", "observed_one_hot", "options_from_config", "parse_method", "register_base_loss", "sharpen",
-    "spatial_consistency_loss", "validate_options",
+    "spatial_consistency_loss", "validate_options", "validate_recent_options",
 ]

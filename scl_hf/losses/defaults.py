@@ -58,3 +58,27 @@ def options_from_config(config) -> dict:
         found[name] = _as_option(default if value is None else value)
     found["seed"] = int(getattr(config, "seed", 0))
     return found
+
+
+SEQUENCE_LENGTHS = {"gr_k_schedule": 4, "gr_v_schedule": 4, "gr_q": 2, "aevlp_k_schedule": 4, "aevlp_q": 2,
+                    "aevlp_lambda": 2}
+
+
+def validate_recent_options(options: dict) -> None:
+    """Fail at configuration time on options of the losses since 2022 that cannot work."""
+    for name, length in SEQUENCE_LENGTHS.items():
+        value = options[name]
+        if not isinstance(value, tuple) or len(value) != length:
+            raise ValueError(f"{name} takes {length} numbers, got {value!r}")
+    if options["gr_v_schedule"][1] <= 0 or options["gr_v_schedule"][3] <= 0:
+        raise ValueError(f"gr_v_schedule's σ⁰ and σᵀ must be positive, got {options['gr_v_schedule']}")
+    if min(options["gr_q"] + options["aevlp_q"]) <= 0:
+        raise ValueError("gr_q / aevlp_q must be positive (they divide)")
+    for name in ("splc_tau", "vlpl_threshold", "aevlp_rho"):
+        if not 0.0 <= options[name] <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {options[name]}")
+    lam1, lam2 = options["aevlp_lambda"]
+    if not 0.0 <= lam2 <= lam1 <= 1.0:
+        raise ValueError(f"aevlp_lambda (λ1, λ2) needs 0 ≤ λ2 ≤ λ1 ≤ 1, got {options['aevlp_lambda']}")
+    if options["clip_temperature"] <= 0 or options["aevlp_top_k"] < 1 or options["boostlu_alpha"] <= 0:
+        raise ValueError("clip_temperature and boostlu_alpha must be positive and aevlp_top_k at least 1")
