@@ -225,15 +225,20 @@ class SCLConfig(TrainingArguments):
 
     def apply_dataset_defaults(self) -> None:
         """Fill each loss option left unset (None) with its `dataset_defaults` value, so that the run's
-        training_args.json records the values used; an explicit value is kept."""
+        training_args.json records the values used; an explicit value is kept. Options without a field of their
+        own (the pseudo-label losses') are written into `loss_options` when the method uses them."""
+        unfielded = {}
         for name, value in dataset_defaults(self.dataset_defaults).items():
-            if getattr(self, name, 0) is not None:
-                continue
             if isinstance(value, tuple):
                 value = list(value)
-            elif name in ("apl_warmup_epochs", "splc_start_epoch"):
+            elif name in ("apl_warmup_epochs", "splc_start_epoch", "aevlp_top_k"):
                 value = int(value)
-            setattr(self, name, value)
+            if name not in self.__dataclass_fields__:
+                unfielded[name] = value
+            elif getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.method_spec.info.pseudo_labels:
+            self.loss_options = {**unfielded, **(self.loss_options or {})}
 
     @property
     def crop_scale(self) -> tuple[float, float]:

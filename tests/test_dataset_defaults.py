@@ -60,3 +60,10 @@ def test_unknown_dataset_names_the_valid_ones():
 def test_bad_recent_options_fail_at_configuration(bad, message):
     with pytest.raises(ValueError, match=message):
         config(**bad)
+
+
+def test_a_pseudo_label_run_records_its_datasets_values():
+    recorded = json.loads(config(method="aevlp+scl", dataset_defaults="voc",
+                                 loss_options={"aevlp_top_k": 2}).to_json_string())["loss_options"]
+    assert recorded["aevlp_reg"] == 0.05 and recorded["aevlp_k_schedule"] == [0.0, 2.0, -2.0, -2.0]
+    assert recorded["aevlp_top_k"] == 2  # the explicit value
