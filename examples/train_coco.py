@@ -32,6 +32,9 @@ from common import DataArguments, parse_arguments, setup_logging, train_and_test
 
 from scl_hf.data import COCO_CLASS_NAMES, load_coco
 
+# the loss options left unset take COCO's published values (scl_hf/losses/defaults.py)
+LOSS_DEFAULTS = {"dataset_defaults": "coco"}
+
 
 @dataclass
 class CocoArguments(DataArguments):
@@ -43,7 +46,7 @@ class CocoArguments(DataArguments):
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    data_args, model_args, training_args = parse_arguments(CocoArguments, argv)
+    data_args, model_args, training_args = parse_arguments(CocoArguments, argv, defaults=LOSS_DEFAULTS)
     setup_logging(training_args)
     with training_args.main_process_first(desc="build the COCO splits"):
         data = load_coco(

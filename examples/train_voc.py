@@ -29,6 +29,9 @@ from common import DataArguments, parse_arguments, setup_logging, train_and_test
 
 from scl_hf.data import VOC_CLASS_NAMES, load_voc
 
+# the loss options left unset take VOC's published values (scl_hf/losses/defaults.py)
+LOSS_DEFAULTS = {"dataset_defaults": "voc"}
+
 
 @dataclass
 class VocArguments(DataArguments):
@@ -41,7 +44,7 @@ class VocArguments(DataArguments):
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    data_args, model_args, training_args = parse_arguments(VocArguments, argv)
+    data_args, model_args, training_args = parse_arguments(VocArguments, argv, defaults=LOSS_DEFAULTS)
     setup_logging(training_args)
     with training_args.main_process_first(desc="build the VOC splits"):
         data = load_voc(

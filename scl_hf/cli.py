@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-DATASETS = ("synthetic", "coco", "voc", "imagenet")
+DATASETS = ("synthetic", "coco", "voc", "nuswide", "cub", "imagenet")
 OWN_DATA = ("imagefolder", "hub", "parquet")  # scl_hf.sources
 TINY = {"num_train": 48, "num_test": 24, "source_size": 96, "image_size": 64, "epochs": 2, "batch_size": 16}
 RUN_INFO = "scl_hf_run.json"  # what the CLI knows about a run and the trainer does not (dataset, initialisation)
@@ -45,6 +45,8 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--coco_root", help="COCO folder holding annotations/, train2014/ and val2014/")
     group.add_argument("--voc_root", help="folder holding VOCdevkit/ (or VOCdevkit, or VOC2012 itself)")
+    group.add_argument("--nus_root", help="NUS-WIDE folder: Cole et al.'s formatted_*.npy files and Flickr/")
+    group.add_argument("--cub_root", help="folder holding CUB_200_2011/ and attributes.txt (the extracted tgz)")
     group.add_argument("--imagenet_train", help="ImageNet train folder (one sub-folder per class)")
     group.add_argument("--imagenet_val", help="ImageNet validation image folder")
     group.add_argument("--real_json", help="ReaL multi-label file (real.json) for the validation images")
@@ -160,6 +162,10 @@ def load_dataset(ns: argparse.Namespace):
         splits = data.load_coco(_require(ns.coco_root, "--coco_root", "coco"), cache_dir=ns.cache_dir)
     elif ns.dataset == "voc":
         splits = data.load_voc(_require(ns.voc_root, "--voc_root", "voc"), cache_dir=ns.cache_dir)
+    elif ns.dataset == "nuswide":
+        splits = data.load_nus_wide(_require(ns.nus_root, "--nus_root", "nuswide"), cache_dir=ns.cache_dir)
+    elif ns.dataset == "cub":
+        splits = data.load_cub(_require(ns.cub_root, "--cub_root", "cub"), cache_dir=ns.cache_dir)
     else:
         splits = data.load_imagenet_real(_require(ns.imagenet_train, "--imagenet_train", "imagenet"),
                                          _require(ns.imagenet_val, "--imagenet_val", "imagenet"),
@@ -223,6 +229,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     from . import hub
     from .config import SCLConfig
+    from .losses import DATASETS as LOSS_DEFAULT_DATASETS
     from .models import create_model
     from .trainer import SCLTrainer
 
@@ -247,6 +254,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
         weight_decay=1e-4, lr_scheduler_type="cosine", use_cpu=not torch.cuda.is_available(), eval_strategy="epoch",
         save_strategy="epoch", save_total_limit=1, logging_steps=10, report_to="none",
     )
+    if ns.dataset in LOSS_DEFAULT_DATASETS:  # the dataset's published loss hyperparameters; --set ones win
+        settings["dataset_defaults"] = ns.dataset
     settings.update({k: getattr(ns, k) for k in ("image_column", "label_column", "labels_column") if getattr(ns, k)})
     if ns.tiny:  # two epochs: a one-epoch warm-up leaves the consistency terms one epoch to act (and be logged)
         settings.update(warmup_epochs=1.0, logging_steps=1)  # and six steps in all: log each one

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .labels import LABEL_FORMATS
-from .losses import BASELINE_DEFAULTS, options_from_config, parse_method, validate_options
+from .losses import (
+    dataset_defaults,
+    options_from_config,
+    parse_method,
+    validate_options,
+    validate_recent_options,
+)
 
 
 @dataclass
@@ -111,38 +117,77 @@ class SCLConfig(TrainingArguments):
     bank_top_k: int = field(
         default=5, metadata={"help": "Sparse layout: classes with the highest running average kept besides the observed one."}
     )
-    # ----- baseline losses (scl_hf/baselines.py; COCO defaults, VOC ones in baselines.DATASET_DEFAULTS)
-    ls_coefficient: float = field(
-        default=BASELINE_DEFAULTS["ls_coefficient"],
-        metadata={"help": "ε of 'an-ls': targets 1-ε / ε (Cole et al. 2021, ls_coef)."},
+    # ----- base-loss options (scl_hf/losses/; None: the value of `dataset_defaults`, COCO's when that is unset)
+    dataset_defaults: str | None = field(
+        default=None,
+        metadata={"help": "Dataset whose published loss hyperparameters fill every loss option left unset: coco, "
+                  "voc, nuswide, cub (losses/defaults.py). None: COCO's. An explicit option always wins."},
     )
-    expected_positives: float = field(
-        default=BASELINE_DEFAULTS["expected_positives"],
-        metadata={"help": "k of 'epr' and 'role': the dataset's average positives per image (COCO 2.9, VOC 1.5; "
-                  "Cole et al. 2021)."},
+    ls_coefficient: float | None = field(
+        default=None, metadata={"help": "ε of 'an-ls': targets 1-ε / ε (Cole et al. 2021, ls_coef 0.1)."}
     )
-    role_lr_multiplier: float = field(
-        default=BASELINE_DEFAULTS["role_lr_multiplier"],
+    expected_positives: float | None = field(
+        default=None,
+        metadata={"help": "k of 'epr' and 'role': the dataset's average positives per image (COCO 2.9, VOC 1.5, "
+                  "NUS-WIDE 1.9, CUB 31.4; Cole et al. 2021)."},
+    )
+    role_lr_multiplier: float | None = field(
+        default=None,
         metadata={"help": "'role': learning rate of the per-image label estimates / learning_rate (Cole et al.: 10)."},
     )
-    ll_delta_rel: float = field(
-        default=BASELINE_DEFAULTS["ll_delta_rel"],
-        metadata={"help": "Δrel of 'll-r'/'ll-ct'/'ll-cp' in % per epoch (Kim et al. 2022 try 0.1…0.5)."},
+    ll_delta_rel: float | None = field(
+        default=None,
+        metadata={"help": "Δrel of 'll-r'/'ll-ct'/'ll-cp' in % per epoch (default 0.2; Kim et al. 2022 try 0.1…0.5)."},
     )
-    em_alpha: float = field(
-        default=BASELINE_DEFAULTS["em_alpha"],
-        metadata={"help": "α of 'em'/'em-apl': weight of the entropy of unobserved labels (Zhou et al. 2022, coco)."},
+    em_alpha: float | None = field(
+        default=None,
+        metadata={"help": "α of 'em'/'em-apl': weight of the entropy of unobserved labels (Zhou et al. 2022: COCO "
+                  "0.1, VOC 0.2, NUS 0.1, CUB 0.01)."},
     )
-    apl_beta: float = field(
-        default=BASELINE_DEFAULTS["apl_beta"], metadata={"help": "β of 'em-apl': weight of the soft pseudo-negatives."}
+    apl_beta: float | None = field(
+        default=None, metadata={"help": "β of 'em-apl': weight of the soft pseudo-negatives (COCO 0.9, VOC 0.02)."}
     )
-    apl_warmup_epochs: int = field(
-        default=int(BASELINE_DEFAULTS["apl_warmup_epochs"]),
+    apl_warmup_epochs: int | None = field(
+        default=None,
         metadata={"help": "'em-apl': epochs of EM alone before pseudo-negatives are chosen (Zhou et al., coco: 5)."},
     )
-    apl_negative_proportion: float = field(
-        default=BASELINE_DEFAULTS["apl_negative_proportion"],
-        metadata={"help": "θ of 'em-apl': share of each class's unobserved labels made pseudo-negative by the end."},
+    apl_negative_proportion: float | None = field(
+        default=None,
+        metadata={"help": "θ of 'em-apl': share of each class's unobserved labels made pseudo-negative by the end (0.9)."},
+    )
+    gr_k_schedule: list[float] | None = field(
+        default=None, metadata={"help": "'gr': w⁰ wᵀ b⁰ bᵀ of K(p) = σ(w·p + b) (GRLoss --beta: 0 2 -2 -2)."}
+    )
+    gr_v_schedule: list[float] | None = field(
+        default=None, metadata={"help": "'gr': μ⁰ σ⁰ μᵀ σᵀ of V(p) = exp(−(p−μ)²/2σ²) (GRLoss --alpha: 0.5 2 0.8 0.5)."}
+    )
+    gr_q: list[float] | None = field(default=None, metadata={"help": "'gr': q2 q3 (GRLoss --q2q3: 0.01 1)."})
+    hill_lambda: float | None = field(default=None, metadata={"help": "λ of 'hill': negatives (λ − p)·p² (1.5)."})
+    focal_margin: float | None = field(
+        default=None, metadata={"help": "'hill'/'splc': margin m of the focal positive loss (1.0)."}
+    )
+    focal_gamma: float | None = field(default=None, metadata={"help": "'hill'/'splc': focal exponent γ (2.0)."})
+    splc_tau: float | None = field(
+        default=None, metadata={"help": "τ of 'splc': an unobserved entry with σ(z) > τ is trained as a positive (0.6)."}
+    )
+    splc_start_epoch: int | None = field(
+        default=None, metadata={"help": "'splc': first epoch (0-based) of the correction (1)."}
+    )
+    boostlu_alpha: float | None = field(
+        default=None, metadata={"help": "α of 'boostlu': positive class-map cells × α before pooling (Kim et al. 2023: 5)."}
+    )
+    boostlu_delta_rel: float | None = field(
+        default=None, metadata={"help": "'boostlu': LL-R's Δrel in % per epoch (Kim et al. 2023: 0.5)."}
+    )
+    loss_options: dict | str | None = field(
+        default=None,
+        metadata={"help": "Any loss option by name, as a dict or JSON string, e.g. '{\"vlpl_threshold\": 0.25}' "
+                  "(every name and default: scl_hf.losses.LOSS_DEFAULTS); wins over the fields above."},
+    )
+    pseudo_label_column: str = field(
+        default="clip_scores",
+        metadata={"help": "'vlpl'/'aevlp': training column of CLIP region-class similarities "
+                  "(scl_hf.data.add_clip_scores). Read for those base losses only."},
     )
     # ----- augmentation
     image_size: int = field(default=448, metadata={"help": "Side of the square training/eval views (protocol: 448)."})
@@ -185,7 +230,12 @@ class SCLConfig(TrainingArguments):
 
     def __post_init__(self):
         self.method_spec = parse_method(self.method)
-        validate_options(options_from_config(self))
+        if isinstance(self.loss_options, str):
+            self.loss_options = json.loads(self.loss_options)
+        self.apply_dataset_defaults()
+        options = options_from_config(self)
+        validate_options(options)
+        validate_recent_options(options)
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.spatial_loss not in ("bce", "mse"):
@@ -206,6 +256,23 @@ class SCLConfig(TrainingArguments):
         if self.remove_unused_columns:
             raise ValueError("SCLTrainer needs remove_unused_columns=False: it reads the image column itself")
         super().__post_init__()
+
+    def apply_dataset_defaults(self) -> None:
+        """Fill each loss option left unset (None) with its `dataset_defaults` value, so that the run's
+        training_args.json records the values used; an explicit value is kept. Options without a field of their
+        own (the pseudo-label losses') are written into `loss_options` when the method uses them."""
+        unfielded = {}
+        for name, value in dataset_defaults(self.dataset_defaults).items():
+            if isinstance(value, tuple):
+                value = list(value)
+            elif name in ("apl_warmup_epochs", "splc_start_epoch", "aevlp_top_k"):
+                value = int(value)
+            if name not in self.__dataclass_fields__:
+                unfielded[name] = value
+            elif getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.method_spec.info.pseudo_labels:
+            self.loss_options = {**unfielded, **(self.loss_options or {})}
 
     @property
     def crop_scale(self) -> tuple[float, float]:

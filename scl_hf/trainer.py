@@ -140,9 +140,10 @@ class SCLTrainer(Trainer):
             full_labels_column = args.labels_column if self.method.needs_full_labels else None  # "full" only
             if full_labels_column is not None:
                 warnings.warn(FULL_LABELS_WARNING, UserWarning, stacklevel=2)
+            pseudo_column = args.pseudo_label_column if self.method.info.pseudo_labels else None  # vlpl/aevlp only
             train_dataset = TrainViews(train_dataset, self.train_transform, self.epoch_ref, args.image_column,
                                        args.label_column, full_labels_column, self.num_labels, self.class_names,
-                                       args.label_format)
+                                       args.label_format, pseudo_label_column=pseudo_column)
         eval_dataset = self._eval_views(eval_dataset, args)
         if compute_metrics is None:
             compute_metrics = make_compute_metrics(
@@ -155,7 +156,7 @@ class SCLTrainer(Trainer):
             **kwargs,
         )
         self.model_accepts_loss_kwargs = False  # our loss is a mean per batch: let Trainer scale it for accumulation
-        self.map_hook = attach_class_maps(self.model) if self.method.needs_heatmaps else None
+        self.map_hook = attach_class_maps(self.model) if self.method.needs_class_maps else None
         grid = self.map_hook.grid if self.map_hook is not None else None
         if grid is not None and grid.offset_px and args.image_size % grid.stride_px:
             fit = max(grid.stride_px, round(args.image_size / grid.stride_px) * grid.stride_px)
@@ -420,11 +421,11 @@ class SCLTrainer(Trainer):
         epoch = math.floor(self.state.epoch or 0.0)
         read = None
         if self.bank is not None:
-            spatial = class_maps is not None and self.consistency_active()
+            spatial = self.method.needs_heatmaps and self.consistency_active()
             read = self.bank.read(inputs, epoch, tuple(class_maps.shape[-2:]) if spatial else None, logits.device)
         loss, terms = self.loss_terms(logits, class_maps, inputs, read)
         if self.bank is not None and self.bank_recording():
-            self.bank.write(inputs, logits, class_maps, read, epoch)
+            self.bank.write(inputs, logits, class_maps if self.method.needs_heatmaps else None, read, epoch)
         for name, value in terms.items():
             self._loss_terms[name].append(value.detach())
         return (loss, outputs) if return_outputs else loss
@@ -443,6 +444,8 @@ class SCLTrainer(Trainer):
             epoch=self.state.epoch or 0.0, num_classes=self.num_labels, indices=inputs["index"], state=self.loss_state,
             full_labels=inputs.get("full_labels"),  # present for method="full" only (TrainViews)
             observed_negatives=negatives,
+            pseudo_labels=inputs.get("pseudo_labels"),  # CLIP scores, for 'vlpl'/'aevlp' only
+            class_maps=class_maps,  # BoostLU scores the image from them
             options={**self.loss_options, "num_epochs": self.state.num_train_epochs or self.args.num_train_epochs},
         )
         ignore = None if read is None else ~read.fresh[:, None].expand_as(targets)  # padded rows: no loss
@@ -495,12 +498,16 @@ class SCLTrainer(Trainer):
         super().log(logs, start_time)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Whole-image logits and a multi-label BCE eval loss; class maps are never returned."""
+        """Whole-image logits (a base scoring from class maps, BoostLU, evaluates its own) and a multi-label BCE
+        eval loss; class maps are never returned."""
+        from_maps = self.method.info.logits_from_maps
         if self.map_hook is not None:
-            self.map_hook.enabled = False
+            self.map_hook.enabled = from_maps is not None
         try:
             with torch.no_grad(), self.compute_loss_context_manager():
                 logits = model(pixel_values=inputs["pixel_values"]).logits.float()
+                if from_maps is not None:
+                    logits = from_maps(self.map_hook.pop_maps().float(), self.loss_options)
         finally:
             if self.map_hook is not None:
                 self.map_hook.enabled = True

@@ -5,7 +5,8 @@ the observed labels only: `targets`, the multi-hot (C,) vector of the row's obse
 single label), `label`, its first positive (the class a sparse bank always keeps), and `negatives` when the
 labels carry observed negatives. The full-label column is dropped before any row is read, so it cannot
 reach the training loss. The one exception is explicit: `full_labels_column`, which SCLTrainer sets only for
-the full-label upper bound (method "full"), adds a multi-hot `full_labels` target. `EvalViews` yields the
+the full-label upper bound (method "full"), adds a multi-hot `full_labels` target; `pseudo_label_column` adds the
+CLIP scores a pseudo-label base loss reads (an input computed from the image, like the single positive). `EvalViews` yields the
 whole image and the multi-hot target of all labels.
 Labels of every shape are read and checked once, at construction (scl_hf/labels.py).
 Both run in dataloader workers; the epoch lives in a shared-memory tensor that the trainer sets at the
@@ -55,7 +56,7 @@ def infer_num_labels(dataset, column: str) -> int:
 class TrainViews(Dataset):
     def __init__(self, dataset, transform: TrainTransform, epoch_ref: torch.Tensor, image_column: str, label_column: str,
                  full_labels_column: str | None = None, num_labels: int = 0, names: list[str] | None = None,
-                 label_format: str = "auto"):
+                 label_format: str = "auto", pseudo_label_column: str | None = None):
         require_map_style(dataset, "training")
         require_columns(dataset, {image_column: "image_column", label_column: "label_column"}, "training")
         num_labels = num_labels or infer_num_labels(dataset, label_column)
@@ -65,17 +66,23 @@ class TrainViews(Dataset):
         if full_labels_column is not None:  # the "full" upper bound only
             require_columns(dataset, {full_labels_column: "labels_column"}, "training (method='full')")
             self.full_labels = read_labels(dataset, full_labels_column, num_labels, "training (method='full')", names)
-        self.rows = dataset.select_columns([image_column])
+        columns = [image_column]
+        if pseudo_label_column is not None:  # CLIP scores of a pseudo-label base loss: an input, not a label
+            require_columns(dataset, {pseudo_label_column: "pseudo_label_column"}, "training (method 'vlpl'/'aevlp')")
+            columns.append(pseudo_label_column)
+        self.rows = dataset.select_columns(columns)
         self.transform, self.epoch_ref = transform, epoch_ref
         self.image_column, self.label_column = image_column, label_column
         self.full_labels_column, self.num_labels = full_labels_column, num_labels
+        self.pseudo_label_column = pseudo_label_column
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         index = int(index)
-        image = self.rows[index][self.image_column]
+        row = self.rows[index]
+        image = row[self.image_column]
         if image is None:
             raise ValueError(f"training row {index} has no image")
         pixels, box = self.transform(image, epoch=int(self.epoch_ref[0]), index=index)
@@ -91,6 +98,8 @@ class TrainViews(Dataset):
             item["negatives"] = self.labels.negative_mask(index)
         if self.full_labels is not None:
             item["full_labels"] = self.full_labels.targets(index)
+        if self.pseudo_label_column is not None:
+            item["pseudo_labels"] = torch.as_tensor(row[self.pseudo_label_column], dtype=torch.float32)
         return item
 
 

@@ -121,3 +121,17 @@ def test_console_script_and_module_entry_points():
     result = subprocess.run([sys.executable, "-m", "scl_hf.cli", "export", "/nonexistent", "/tmp/x"],
                             capture_output=True, text=True, env=ENV, timeout=120)
     assert result.returncode == 2 and result.stderr.strip() == "scl-hf export: error: /nonexistent is not a folder"
+
+
+def test_train_on_cub_applies_its_published_loss_defaults(tmp_path, capsys):
+    from fixtures_nus_cub import make_fake_cub
+
+    make_fake_cub(tmp_path / "cub", num_images=12)
+    out = tmp_path / "run"
+    argv = ["train", "cub", "--cub_root", str(tmp_path / "cub"), "--tiny", "--model", "resnet18", "--epochs", "1",
+            "--method", "em-apl", "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
+            "--set", "apl_beta=0.3"]
+    assert main(argv) == 0
+    recorded = json.loads((out / "final" / "training_args.json").read_text())
+    assert recorded["dataset_defaults"] == "cub"
+    assert (recorded["expected_positives"], recorded["em_alpha"], recorded["apl_beta"]) == (31.4, 0.01, 0.3)

@@ -102,9 +102,13 @@ def test_coco_example_one_process(fake_data, tmp_path):
 
 
 def test_voc_example_one_process(fake_data, tmp_path):
-    args = ["--voc_root", str(fake_data["voc"]), *TINY, *TWO_STEPS]
+    args = ["--voc_root", str(fake_data["voc"]), *TINY, *TWO_STEPS, "--method", "em-apl", "--apl_beta", "0.05"]
     metrics = run_example("train_voc.py", args, tmp_path / "voc")
     assert metrics["test_samples"] > 0
+    # the run used VOC's published loss defaults (Cole et al., Zhou et al.), not COCO's; the explicit value won
+    recorded = json.loads((tmp_path / "voc" / "final" / "training_args.json").read_text())
+    assert recorded["dataset_defaults"] == "voc"
+    assert (recorded["expected_positives"], recorded["em_alpha"], recorded["apl_beta"]) == (1.5, 0.2, 0.05)
 
 
 def test_imagenet_example_one_process_with_heldout_validation(fake_data, tmp_path):
@@ -159,7 +163,7 @@ def examples_on_path(monkeypatch):
     """The examples import their shared module as ``common`` (the script's folder is on sys.path)."""
     monkeypatch.syspath_prepend(str(EXAMPLES))
     yield
-    for name in ("common", "train_coco", "train_voc", "train_imagenet"):
+    for name in ("common", "train_coco", "train_voc", "train_imagenet", "train_nus_wide", "train_cub"):
         sys.modules.pop(name, None)
 
 
@@ -185,6 +189,34 @@ def test_protocol_defaults_and_overrides(examples_on_path, tmp_path):
     )
     assert (args.learning_rate, args.method, data_args.max_train_samples) == (1e-3, "an", 5)
     assert not args.load_best_model_at_end  # follows --eval_strategy no instead of failing
+
+
+def test_each_example_applies_its_datasets_loss_defaults(examples_on_path, tmp_path):
+    import train_coco
+    import train_voc
+
+    _, _, voc = train_voc.parse_arguments(
+        train_voc.VocArguments, ["--voc_root", "x", "--output_dir", str(tmp_path)], defaults=train_voc.LOSS_DEFAULTS
+    )
+    assert (voc.dataset_defaults, voc.expected_positives, voc.em_alpha, voc.apl_beta) == ("voc", 1.5, 0.2, 0.02)
+    _, _, coco = train_coco.parse_arguments(
+        train_coco.CocoArguments, ["--coco_root", "x", "--output_dir", str(tmp_path), "--expected_positives", "3.5"],
+        defaults=train_coco.LOSS_DEFAULTS,
+    )
+    assert (coco.expected_positives, coco.em_alpha, coco.apl_beta) == (3.5, 0.1, 0.9)
+
+
+def test_nus_wide_and_cub_examples_train_with_their_defaults(tmp_path):
+    from fixtures_nus_cub import make_fake_cub, make_fake_nus_wide
+
+    make_fake_nus_wide(tmp_path / "nus", num_train=16, num_val=6)
+    make_fake_cub(tmp_path / "cub", num_images=16)
+    for script, flag, root, expected in (("train_nus_wide.py", "--nus_root", "nus", 1.9),
+                                         ("train_cub.py", "--cub_root", "cub", 31.4)):
+        out = tmp_path / f"run_{root}"
+        metrics = run_example(script, [flag, str(tmp_path / root), *TINY, *TWO_STEPS, "--method", "epr"], out)
+        assert metrics["test_samples"] > 0
+        assert json.loads((out / "final" / "training_args.json").read_text())["expected_positives"] == expected
 
 
 def test_required_dataset_path(examples_on_path, tmp_path, capsys):

@@ -1,17 +1,18 @@
 """Loss functions of single-positive multi-label learning: pure functions, no state, no files.
 
 registry.py: the method grammar ("ll-r+scl") and `register_base_loss`; terms.py: the consistency terms;
-baselines.py: the base losses (importing it registers them).
+baselines.py: the base losses up to 2022; robust.py: GR, Hill, SPLC; boostlu.py: BoostLU;
+pseudo_labels.py: VLPL and AEVLP on a CLIP score column (importing them registers them); defaults.py: every option's default and the published values per dataset.
 """
 
-from . import baselines  # noqa: F401  (registers the base losses)
+from . import baselines, boostlu, pseudo_labels, robust  # noqa: F401  (registers the base losses)
 from .baselines import (
     BASELINE_DEFAULTS,
     DATASET_DEFAULTS,
     assume_negative_loss,
-    options_from_config,
     validate_options,
 )
+from .defaults import DATASETS, LOSS_DEFAULTS, dataset_defaults, options_from_config, validate_recent_options
 from .registry import (
     BASE_LOSS_INFO,
     BASE_LOSSES,
@@ -36,9 +37,10 @@ from .terms import (
 )
 
 __all__ = [
-    "BASELINE_DEFAULTS", "BASE_LOSSES", "assume_negative_loss", "BASE_LOSS_INFO", "CONSISTENCY_TERMS", "DATASET_DEFAULTS", "BaseLossInfo",
-    "LossContext", "MethodSpec", "known_negatives", "observed_matrix", "consistency_loss", "crop_corrected_weights",
-    "expected_negatives_ignore", "masked_mean", "observed_one_hot", "observed_positive_auc", "reliability_gate",
-    "options_from_config", "parse_method", "register_base_loss", "sharpen",
-    "spatial_consistency_loss", "validate_options",
+    "BASELINE_DEFAULTS", "BASE_LOSSES", "BASE_LOSS_INFO", "CONSISTENCY_TERMS", "DATASETS", "DATASET_DEFAULTS",
+    "LOSS_DEFAULTS", "BaseLossInfo", "LossContext", "MethodSpec", "assume_negative_loss", "consistency_loss",
+    "crop_corrected_weights", "dataset_defaults", "expected_negatives_ignore", "known_negatives", "masked_mean",
+    "observed_matrix", "observed_one_hot", "observed_positive_auc", "options_from_config", "parse_method",
+    "register_base_loss", "reliability_gate", "sharpen", "spatial_consistency_loss", "validate_options",
+    "validate_recent_options",
 ]

@@ -35,7 +35,8 @@ from torch import nn
 
 from .registry import LossContext, known_negatives, masked_mean, observed_matrix, register_base_loss
 
-# Defaults for COCO, the headline protocol (Cole et al. 2021); VOC values in DATASET_DEFAULTS. SCLConfig
+# Defaults for COCO, the headline protocol (Cole et al. 2021); other datasets' in DATASET_DEFAULTS, applied by
+# SCLConfig(dataset_defaults=...) through defaults.py. SCLConfig
 # exposes each under the same name; `ctx.options` carries them to the losses.
 BASELINE_DEFAULTS: dict[str, float] = {
     "ls_coefficient": 0.1,  # Cole et al. train.py P['ls_coef']
@@ -51,6 +52,8 @@ DATASET_DEFAULTS: dict[str, dict[str, float]] = {
     "coco": {"expected_positives": 2.9, "em_alpha": 0.1, "apl_beta": 0.9, "apl_warmup_epochs": 5},
     "voc": {"expected_positives": 1.5, "em_alpha": 0.2, "apl_beta": 0.02, "apl_warmup_epochs": 5},
     "nuswide": {"expected_positives": 1.9, "em_alpha": 0.1, "apl_beta": 0.2, "apl_warmup_epochs": 4},
+    # Cole et al. train.py lookup['expected_num_pos']['cub']; Zhou et al. main.py, cub
+    "cub": {"expected_positives": 31.4, "em_alpha": 0.01, "apl_beta": 0.4, "apl_warmup_epochs": 3},
 }
 
 
@@ -68,13 +71,6 @@ def assume_negative_loss(
 
 def option(ctx: LossContext, name: str) -> float:
     return float(ctx.options.get(name, BASELINE_DEFAULTS[name]))
-
-
-def options_from_config(config) -> dict:
-    """The baseline options of an SCLConfig (any object with those attributes), plus its seed."""
-    found = {name: float(getattr(config, name, default)) for name, default in BASELINE_DEFAULTS.items()}
-    found["seed"] = int(getattr(config, "seed", 0))
-    return found
 
 
 def validate_options(options: dict) -> None:

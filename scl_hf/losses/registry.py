@@ -34,6 +34,8 @@ class LossContext:
     element_weights: torch.Tensor | None = None  # (B, C) per-entry weights of the base loss (crop correction)
     state: torch.nn.Module | None = None  # per-image state of a stateful base loss (made by the trainer)
     observed_negatives: torch.Tensor | None = None  # (B, C) bool: classes the labels say are absent (partial labels)
+    class_maps: torch.Tensor | None = None  # (B, C, h, w) class-map logits, for a base with logits_from_maps
+    pseudo_labels: torch.Tensor | None = None  # (B, C) scores of a pseudo-label column (pseudo_labels.py)
     options: dict = field(default_factory=dict)
 
 
@@ -51,21 +53,27 @@ class BaseLossInfo:
     # '+scl' leaves unobserved classes seen in the crop out of this loss (crop_negative_threshold): right for losses
     # that push unobserved classes hard to 0, harmful where they are soft targets or weak (see docs/method.md)
     crop_negative_mask: bool = True
+    # a base that scores images from their class maps (BoostLU): the trainer passes ctx.class_maps and evaluates
+    # logits_from_maps(class_maps, options) instead of the model's logits
+    logits_from_maps: Callable[[torch.Tensor, dict], torch.Tensor] | None = None
+    pseudo_labels: bool = False  # reads ctx.pseudo_labels (the training set's pseudo-label column)
 
 
 BASE_LOSS_INFO: dict[str, BaseLossInfo] = {}
 
 
 def register_base_loss(
-    name: str, make_state: StateFactory | None = None, full_labels: bool = False, crop_negative_mask: bool = True
+    name: str, make_state: StateFactory | None = None, full_labels: bool = False, crop_negative_mask: bool = True,
+    logits_from_maps: Callable[[torch.Tensor, dict], torch.Tensor] | None = None, pseudo_labels: bool = False,
 ) -> Callable[[BaseLoss], BaseLoss]:
     """Register a base loss under `name` (the single registry of methods); stateful losses declare
     `make_state`, and only an upper bound may ask for `full_labels` (see baselines.py); a loss whose unobserved
-    classes are not hard negatives declares `crop_negative_mask=False`."""
+    classes are not hard negatives declares `crop_negative_mask=False`; `logits_from_maps` and `pseudo_labels`
+    ask the trainer for the class maps / the pseudo-label column (boostlu.py, pseudo_labels.py)."""
 
     def wrap(fn: BaseLoss) -> BaseLoss:
         BASE_LOSSES[name] = fn
-        BASE_LOSS_INFO[name] = BaseLossInfo(make_state, full_labels, crop_negative_mask)
+        BASE_LOSS_INFO[name] = BaseLossInfo(make_state, full_labels, crop_negative_mask, logits_from_maps, pseudo_labels)
         return fn
 
     return wrap
@@ -120,6 +128,10 @@ class MethodSpec:
     @property
     def info(self) -> BaseLossInfo:
         return BASE_LOSS_INFO.get(self.base, BaseLossInfo())
+
+    @property
+    def needs_class_maps(self) -> bool:
+        return self.needs_heatmaps or self.info.logits_from_maps is not None
 
     @property
     def needs_full_labels(self) -> bool:
