@@ -109,15 +109,18 @@ class SCLBank:
         heatmap_momentum: float | None = None,
         labels: torch.Tensor | None = None,
         epoch: int | None = None,
+        cell_offset: float = 0.0,
     ) -> None:
         """EMA update of the rows in `indices` (unique) with this step's probabilities and class maps:
         `new_rows` then `store_rows`, in one process.
 
         `labels` (the observed class of each row) is only needed by the sparse layout, which always keeps it.
         `epoch` is stamped on the rows (stamps.npy), so that a repeat of a row later in the epoch can be told.
+        `cell_offset`: where the model's cells are centred, as for `read_spatial`.
         """
         self._check_writable(indices, mark=False)
-        rows = self.new_rows(indices, probs, momentum, boxes, flips, map_probs, heatmap_momentum, labels)
+        rows = self.new_rows(indices, probs, momentum, boxes, flips, map_probs, heatmap_momentum, labels,
+                             cell_offset=cell_offset)
         self.store_rows(indices, rows, epoch)
 
     @torch.no_grad()
