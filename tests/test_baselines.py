@@ -312,17 +312,19 @@ def test_non_full_methods_never_read_the_full_labels(tiny_synthetic, tmp_path):
         if name == "full":
             with pytest.warns(UserWarning, match=FULL_LABELS_WARNING):
                 trainer = trainer_for(tiny_synthetic, tmp_path, name)
-            assert "labels" in trainer.train_dataset.rows.column_names
+            assert trainer.train_dataset.full_labels is not None  # read at construction, for this method only
             assert trainer.train_dataset[0]["full_labels"].sum() == len(tiny_synthetic["train"][0]["labels"])
             continue
         if BASE_LOSS_INFO[name].pseudo_labels:  # vlpl / aevlp also read their CLIP score column, nothing else
             train = tiny_synthetic["train"]
             data = {"train": train.add_column("clip_scores", [[[0.1] * 5] * 2] * len(train))}
             trainer = trainer_for(data, tmp_path, f"{name}+scl")
-            assert trainer.train_dataset.rows.column_names == ["image", "label", "clip_scores"], name
+            assert trainer.train_dataset.rows.column_names == ["image", "clip_scores"], name
+            assert trainer.train_dataset.full_labels is None, name
         else:
             trainer = trainer_for(tiny_synthetic, tmp_path, f"{name}+scl")
-            assert trainer.train_dataset.rows.column_names == ["image", "label"], name
+            assert trainer.train_dataset.rows.column_names == ["image"], name  # labels: read once, checked
+            assert trainer.train_dataset.full_labels is None, name
         assert "full_labels" not in trainer.train_dataset[0]
 
 
