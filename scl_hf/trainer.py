@@ -268,9 +268,9 @@ class SCLTrainer(Trainer):
                 "accelerator_config={'even_batches': False} from SCLConfig, or set dataloader_drop_last=True."
             )
         global_batch = self.args.per_device_train_batch_size * processes
-        if processes > 1 and not self.args.dataloader_drop_last and len(self.raw_train_dataset) <= global_batch:
+        if processes > 1 and not self.args.dataloader_drop_last and len(self.raw_train_dataset) < global_batch:
             raise ValueError(
-                f"{len(self.raw_train_dataset)} training images fit in one global batch of {global_batch}: "
+                f"{len(self.raw_train_dataset)} training images do not fill one global batch of {global_batch}: "
                 "accelerate would pad that step with its own rows. Use fewer processes, a smaller "
                 "per_device_train_batch_size, or dataloader_drop_last=True."
             )
