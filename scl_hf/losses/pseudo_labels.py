@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .baselines import expected_positive_penalty, negative_entropy, option, reduce_entries
-from .registry import LossContext, register_base_loss
+from .registry import LossContext, known_negatives, register_base_loss
 from .robust import generalized_robust_negatives, gr_schedule
 
 PSEUDO_LABEL_DEFAULTS: dict[str, float | tuple[float, ...]] = {
@@ -94,9 +94,12 @@ def vision_language_pseudo_labels(logits, targets, ctx: LossContext, ignore=None
     """VLPL (CVPRW 2024): EM on the unobserved entries, a weighted soft positive on the CLIP pseudo-positives."""
     pseudo = vlpl_pseudo_positives(require_pseudo_labels(ctx, "vlpl"), targets, pseudo_option(ctx, "clip_temperature"),
                                    pseudo_option(ctx, "vlpl_threshold"))
+    if ctx.observed_negatives is not None:  # CLIP never overrules a label that says "absent"
+        pseudo = pseudo & ~ctx.observed_negatives.bool()
     soft_positive = pseudo_option(ctx, "vlpl_beta") * (0.9 * F.softplus(-logits) + 0.1 * F.softplus(logits))
     unknown = torch.where(pseudo, soft_positive, option(ctx, "em_alpha") * negative_entropy(logits))
-    return reduce_entries(torch.where(targets > 0.5, F.softplus(-logits), unknown), ctx, ignore)
+    values = torch.where(targets > 0.5, F.softplus(-logits), unknown)
+    return reduce_entries(known_negatives(values, logits, ctx), ctx, ignore)
 
 
 @register_base_loss("aevlp", pseudo_labels=True, crop_negative_mask=False)
@@ -107,6 +110,8 @@ def adaptive_explainable_pseudo_labels(logits, targets, ctx: LossContext, ignore
         require_pseudo_labels(ctx, "aevlp"), targets, pseudo_option(ctx, "clip_temperature"),
         pseudo_option(ctx, "aevlp_eta"), pseudo_option(ctx, "aevlp_threshold"), pseudo_option(ctx, "aevlp_top_k"),
     )
+    if ctx.observed_negatives is not None:  # CLIP never overrules a label that says "absent"
+        pseudo = pseudo & ~ctx.observed_negatives.bool()
     schedule_ctx = LossContext(epoch=ctx.epoch, options={**ctx.options, "gr_k_schedule": pseudo_option(
         ctx, "aevlp_k_schedule")})
     w, b, mu, sigma = gr_schedule(schedule_ctx)
@@ -119,4 +124,4 @@ def adaptive_explainable_pseudo_labels(logits, targets, ctx: LossContext, ignore
     positives = (1 - weight) * (rho * F.softplus(-logits) + (1 - rho) * F.softplus(logits))
     values = torch.where(targets > 0.5, F.softplus(-logits), torch.where(pseudo, positives, negatives))
     penalty = expected_positive_penalty(probs, option(ctx, "expected_positives"))
-    return reduce_entries(values, ctx, ignore) + pseudo_option(ctx, "aevlp_reg") * penalty
+    return reduce_entries(known_negatives(values, logits, ctx), ctx, ignore) + pseudo_option(ctx, "aevlp_reg") * penalty

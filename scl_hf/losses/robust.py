@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .baselines import reduce_entries  # one reduction for every base loss
-from .registry import LossContext, register_base_loss
+from .registry import LossContext, known_negatives, register_base_loss
 
 # Defaults of the authors' code, the same for every dataset (neither repository sets them per dataset).
 ROBUST_DEFAULTS: dict[str, float | tuple[float, ...]] = {
@@ -81,7 +81,7 @@ def generalized_robust_loss(logits, targets, ctx: LossContext, ignore=None) -> t
     q2, q3 = robust_option(ctx, "gr_q")
     negatives = generalized_robust_negatives(torch.sigmoid(logits), w, b, mu, sigma, q2, q3)
     values = torch.where(targets > 0.5, F.softplus(-logits), negatives)
-    return reduce_entries(values, ctx, ignore)
+    return reduce_entries(known_negatives(values, logits, ctx), ctx, ignore)
 
 
 def focal_margin_positive(logits: torch.Tensor, margin: float, gamma: float) -> torch.Tensor:
@@ -98,7 +98,7 @@ def hill_loss(logits, targets, ctx: LossContext, ignore=None) -> torch.Tensor:
     probs = torch.sigmoid(logits)
     negatives = (robust_option(ctx, "hill_lambda") - probs) * probs.pow(2)
     positives = focal_margin_positive(logits, robust_option(ctx, "focal_margin"), robust_option(ctx, "focal_gamma"))
-    return reduce_entries(torch.where(targets > 0.5, positives, negatives), ctx, ignore)
+    return reduce_entries(known_negatives(torch.where(targets > 0.5, positives, negatives), logits, ctx), ctx, ignore)
 
 
 @register_base_loss("splc")
@@ -109,8 +109,10 @@ def self_paced_loss_correction(logits, targets, ctx: LossContext, ignore=None) -
     positive = targets > 0.5
     if whole_epoch(ctx) >= int(robust_option(ctx, "splc_start_epoch")):
         positive = positive | (torch.sigmoid(logits.detach()) > robust_option(ctx, "splc_tau"))
+    if ctx.observed_negatives is not None:  # a labelled negative is never corrected into a positive
+        positive = positive & ~ctx.observed_negatives.bool()
     corrected = positive & (targets < 0.5)  # the reference leaves these logits unshifted by the margin
     positives = torch.where(corrected, torch.sigmoid(-logits).pow(gamma) * F.softplus(-logits),
                             focal_margin_positive(logits, margin, gamma))
     negatives = torch.sigmoid(logits).pow(gamma) * F.softplus(logits)
-    return reduce_entries(torch.where(positive, positives, negatives), ctx, ignore)
+    return reduce_entries(known_negatives(torch.where(positive, positives, negatives), logits, ctx), ctx, ignore)
