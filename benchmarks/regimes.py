@@ -124,10 +124,11 @@ def run_one(regime_name: str, method: str, seed: int, work_dir: str, tiny: bool 
     val = trainer.evaluate(data["validation"], metric_key_prefix="val")["val_mAP"]
     test = trainer.evaluate(data["test"], metric_key_prefix="test")["test_mAP"]
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    auc = [(h["epoch"], h["bank_auc"], h["bank_gate"]) for h in trainer.state.log_history if "bank_auc" in h]
     shutil.rmtree(work, ignore_errors=True)
     return {"regime": regime_name, "method": method, "seed": seed, "overrides": overrides or {}, "val_mAP": val,
             "test_mAP": test, "train_seconds": seconds, "steps": result.global_step,
-            "final_train_loss": losses[-1] if losses else None}
+            "final_train_loss": losses[-1] if losses else None, "bank_auc": auc}
 
 
 def run_key(run: dict) -> tuple:
