@@ -73,7 +73,7 @@ def test_one_hot_targets_give_the_single_positive_losses():
 def test_consistency_term_leaves_observed_positives_and_negatives_out():
     logits = torch.randn(B, C, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     running = torch.rand(B, C, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    value = consistency_loss(logits, TARGETS, running, NEGATIVES)
+    value = consistency_loss(logits, TARGETS, running, observed_negatives=NEGATIVES)
     unobserved = (TARGETS < 0.5) & ~NEGATIVES
     expected = F.binary_cross_entropy_with_logits(logits, running, reduction="none")[unobserved].mean()
     assert torch.allclose(value, expected) and unobserved.sum() == 7
