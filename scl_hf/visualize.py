@@ -51,23 +51,35 @@ def plot_bank_heatmaps(
 ) -> Path:
     """One line per image: the image, then the stored heatmaps of its classes.
 
-    The observed (single) label is marked with '*'; other classes are those in the full label list when the
-    dataset has one (shown for inspection only), else the highest running-average predictions.
+    The observed labels (one, or several with partial labels; in any format `scl_hf.labels` reads) are marked
+    with '*'; other classes are those in the full label list when the dataset has one (shown for inspection only),
+    else the highest running-average predictions.
     """
+    from .labels import read_labels
+
     predictions = np.load(Path(bank_dir) / "predictions.npy", mmap_mode="r")
     rows = rows if rows is not None else list(range(min(4, len(dataset))))
     heatmaps = stored_heatmaps(bank_dir, rows)
     names = class_names or [str(i) for i in range(heatmaps.shape[1])]
+    if hasattr(dataset, "select"):
+        shown = dataset.select(rows)
+    else:  # a plain list of rows
+        from datasets import Dataset
+
+        shown = Dataset.from_list([{k: v for k, v in dataset[int(r)].items() if k != image_column} for r in rows])
+    observed_table = read_labels(shown, label_column, heatmaps.shape[1], names=class_names)
+    full_table = (read_labels(shown, labels_column, heatmaps.shape[1], role="evaluation", names=class_names)
+                  if labels_column and labels_column in shown.column_names else None)
     fig, axes = plt.subplots(len(rows), max_classes + 1, figsize=(2.2 * (max_classes + 1), 2.2 * len(rows)),
                              squeeze=False)
-    for line, row, row_heatmaps in zip(axes, rows, heatmaps):
+    for position, (line, row, row_heatmaps) in enumerate(zip(axes, rows, heatmaps)):
         item = dataset[int(row)]
-        observed = int(item[label_column])
-        if labels_column and labels_column in item:
-            others = [c for c in item[labels_column] if c != observed]
+        observed = [int(c) for c in observed_table.positive_ids(position)]
+        if full_table is not None:
+            others = [int(c) for c in full_table.positive_ids(position) if int(c) not in observed]
         else:
-            others = [int(c) for c in np.argsort(-predictions[row]) if c != observed]
-        classes = [observed, *others][:max_classes]
+            others = [int(c) for c in np.argsort(-predictions[row]) if c not in observed]
+        classes = [*observed, *others][:max_classes]
         image = item[image_column].convert("RGB")
         line[0].imshow(image)
         line[0].set_title(f"row {row}", fontsize=8)
@@ -75,11 +87,11 @@ def plot_bank_heatmaps(
             ax.imshow(image, alpha=0.5)
             ax.imshow(row_heatmaps[cls], cmap="jet", alpha=0.5, vmin=0, vmax=1,
                       extent=(0, image.width, image.height, 0))
-            mark = "*" if cls == observed else ""
+            mark = "*" if cls in observed else ""
             ax.set_title(f"{names[cls]}{mark} P̄={predictions[row, cls]:.2f}", fontsize=7)
         for ax in line:
             ax.axis("off")
-    fig.suptitle("stored heatmaps (running averages); * = the one observed label", fontsize=9)
+    fig.suptitle("stored heatmaps (running averages); * = an observed label", fontsize=9)
     return save_figure(fig, path)
 
 

@@ -99,6 +99,31 @@ def test_heatmap_picture_of_a_sparse_bank_shows_zero_for_classes_without_a_slot(
     assert picture.stat().st_size > 1000
 
 
+def test_heatmap_picture_marks_every_observed_label_of_a_partial_label_row(tmp_path):
+    import matplotlib.pyplot as plt
+    from datasets import Dataset, Features, Image, Sequence, Value
+    from PIL import Image as PILImage
+
+    bank = open_bank(tmp_path / "bank", header("dense"), writable=True, create=True)
+    gen = torch.Generator().manual_seed(2)
+    rows, probs, boxes, flips, maps = random_step(gen, N)
+    bank.update(rows, probs, 0.8, boxes=boxes, flips=flips, map_probs=maps, heatmap_momentum=0.6)
+    bank.flush()
+    features = Features({"image": Image(), "label": Sequence(Value("int64")), "labels": Sequence(Value("int64"))})
+    data = Dataset.from_list([{"image": PILImage.new("RGB", (24, 24)), "label": [1, 3], "labels": [0, 1, 3]}] * N,
+                             features=features)
+    titles = []
+    original = plt.Axes.set_title
+    plt.Axes.set_title = lambda ax, text, **kw: (titles.append(text), original(ax, text, **kw))[1]
+    try:
+        plot_bank_heatmaps(tmp_path / "bank", data, tmp_path / "heat.png", rows=[0], max_classes=3)
+    finally:
+        plt.Axes.set_title = original
+    marked = sorted(int(t.split("*")[0]) for t in titles if "*" in t)
+    assert marked == [1, 3]  # both observed labels, and the hidden positive 0 shown unmarked
+    assert any(t.startswith("0 ") for t in titles)
+
+
 def test_trainer_losses_are_the_same_for_both_layouts_when_k_covers_every_class(tmp_path):
     histories = []
     for layout in ("dense", "sparse"):
