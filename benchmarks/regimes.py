@@ -34,7 +34,7 @@ import shutil
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -68,7 +68,8 @@ REGIMES: dict[str, Regime] = {
                      model_kwargs={"output_stride": 16}, data_kwargs={"source_size": 96},
                      extra={"bank_size": 8, "expected_positives": 2.5}),
     "clutter": Regime("clutter", "resnet10t", 96, 15, 2e-3, extra={"expected_positives": 2.0}),
-    "digits": Regime("digits", "resnet10t", 96, 15, 2e-3),
+    "digits": Regime("digits", "resnet10t", 96, 15, 2e-3,
+                     data_kwargs={"object_size": (0.24, 0.4), "max_objects": 4, "distractors": (0, 2)}),
     "digits-pretrained": Regime("digits", "resnet10t", 128, 10, 1e-4, batch_size=16, lr_scheduler_type="constant",
                                 weight_decay=0.0, init="pretext", extra={"expected_positives": 2.0}),
 }
@@ -77,7 +78,7 @@ SIZES = {"shapes": (1000, 300, 300), "clutter": (1500, 400, 600), "digits": (120
 
 
 def regime_data(regime: Regime, seed: int, tiny: bool = False):
-    from scl_hf.data.scenes import make_clutter_scenes, make_digit_scenes
+    from scl_hf.data.scenes import CLUTTER_SPEC, DIGIT_SPEC, make_clutter_scenes, make_digit_scenes
     from scl_hf.data.synthetic import make_synthetic
 
     n_train, n_val, n_test = (TINY["num_train"], TINY["num_validation"], TINY["num_test"]) if tiny else SIZES[regime.data]
@@ -86,7 +87,10 @@ def regime_data(regime: Regime, seed: int, tiny: bool = False):
         return make_synthetic(num_train=n_train, num_validation=n_val, num_test=n_test,
                               image_size=regime.data_kwargs.get("source_size", 96), seed=seed, cache_dir=cache)
     make = {"clutter": make_clutter_scenes, "digits": make_digit_scenes}[regime.data]
-    return make(num_train=n_train, num_validation=n_val, num_test=n_test, seed=seed, cache_dir=cache)
+    spec = None
+    if regime.data_kwargs:  # the regime's own scene layout, over the generator's defaults
+        spec = replace({"clutter": CLUTTER_SPEC, "digits": DIGIT_SPEC}[regime.data], **regime.data_kwargs)
+    return make(num_train=n_train, num_validation=n_val, num_test=n_test, spec=spec, seed=seed, cache_dir=cache)
 
 
 def build_model(regime: Regime, names: list[str]):

@@ -275,10 +275,15 @@ def _cached(kind: str, sizes: dict[str, int], spec: SceneSpec, seed: int, cache_
     return datasets.load_from_disk(path)
 
 
+CLUTTER_SPEC = SceneSpec()
+DIGIT_SPEC = SceneSpec(num_classes=10, max_objects=5, object_size=(0.16, 0.3), max_overlap=0.2, distractors=(1, 3),
+                       long_tail_exponent=0.6, num_contexts=4, context_bias=0.5)
+
+
 def make_clutter_scenes(num_train: int = 1500, num_validation: int = 400, num_test: int = 600,
                         spec: SceneSpec | None = None, seed: int = 0, cache_dir: str | None = None):
     """Many small, occluded, long-tailed, co-occurring shape classes among distractors on photographs."""
-    spec = spec or SceneSpec()
+    spec = spec or CLUTTER_SPEC
     return _cached("clutter", {"train": num_train, "validation": num_validation, "test": num_test}, spec, seed,
                    cache_dir)
 
@@ -286,8 +291,7 @@ def make_clutter_scenes(num_train: int = 1500, num_validation: int = 400, num_te
 def make_digit_scenes(num_train: int = 1200, num_validation: int = 400, num_test: int = 600,
                       spec: SceneSpec | None = None, seed: int = 0, cache_dir: str | None = None):
     """Real handwritten digits composed into scenes (10 classes), test scans disjoint from training."""
-    spec = spec or SceneSpec(num_classes=10, max_objects=5, object_size=(0.16, 0.3), max_overlap=0.2,
-                             distractors=(1, 3), long_tail_exponent=0.6, num_contexts=4, context_bias=0.5)
+    spec = spec or DIGIT_SPEC
     if spec.num_classes != 10:
         raise ValueError("digit scenes have exactly 10 classes")
     return _cached("digits", {"train": num_train, "validation": num_validation, "test": num_test}, spec, seed,
