@@ -1,0 +1,48 @@
+"""benchmarks/regimes.py: a tiny real run per regime kind, resumed from its JSON, refused under another definition."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_script():
+    sys.path.insert(0, str(BENCHMARKS))  # regimes.py imports pretext.py beside it
+    spec = importlib.util.spec_from_file_location("regimes", BENCHMARKS / "regimes.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["regimes"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_regime_run_writes_val_and_test_resumes_and_refuses_a_changed_definition(tmp_path):
+    script = load_script()
+    stem = tmp_path / "regimes"
+    argv = ["--tiny", "--regimes", "digits", "--methods", "an", "scl", "--seeds", "0", "--output", str(stem),
+            "--work_dir", str(tmp_path / "w")]
+    runs = script.main(argv)
+    assert {(r["regime"], r["method"]) for r in runs} == {("digits", "an"), ("digits", "scl")}
+    assert all(0 <= r["val_mAP"] <= 100 and 0 <= r["test_mAP"] <= 100 for r in runs)
+    table = stem.with_suffix(".md").read_text()
+    assert "## digits" in table and "| an |" in table and "| scl |" in table
+    assert not any((tmp_path / "w").iterdir())
+
+    # Resumed: a value planted in the JSON comes back instead of a new run (tuples in the definition survive JSON).
+    saved = json.loads(stem.with_suffix(".json").read_text())
+    saved["runs"][0]["test_mAP"] = 12.34
+    stem.with_suffix(".json").write_text(json.dumps(saved))
+    again = script.main(argv)
+    assert len(again) == 2 and 12.34 in [r["test_mAP"] for r in again]
+
+    # Another definition of a regime that has runs is refused; a change to a regime without runs is not.
+    saved["meta"]["regimes"]["shapes"]["epochs"] = 99
+    stem.with_suffix(".json").write_text(json.dumps(saved))
+    assert len(script.main(argv)) == 2
+    saved["meta"]["regimes"]["digits"]["epochs"] = 99
+    stem.with_suffix(".json").write_text(json.dumps(saved))
+    with pytest.raises(SystemExit, match="other definitions of the regimes \\['digits'\\]"):
+        script.main(argv)
