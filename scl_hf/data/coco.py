@@ -19,7 +19,6 @@ row is decoded (PIL names the file for unidentifiable images, not always for tru
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import json
 import os
@@ -29,13 +28,10 @@ from datasets import DatasetDict
 from .protocol import (
     DEFAULT_SEED,
     DatasetLayoutError,
-    build_split,
     file_stamp,
-    iter_shard_rows,
-    protocol_features,
+    load_protocol_dataset,
     require_path,
     sample_single_positive,
-    split_train_val,
     validate_label_lists,
 )
 
@@ -124,32 +120,16 @@ def read_instances(ann_path: str, image_dir: str) -> list[tuple[int, str, list[i
     return rows
 
 
-@functools.lru_cache(maxsize=2)
-def _official_rows(ann_stamp: str, image_dir: str, seed: int) -> list[dict]:
-    """Rows of one official split with the drawn positive; cached so train and validation parse once."""
-    ann_path = ann_stamp.rsplit(":", 2)[0]
-    parsed = read_instances(ann_path, image_dir)
+def _official_rows(spec: dict, part: str) -> list[dict]:
+    """Rows of official ``part`` ("train" / "val") with the drawn positive."""
+    ann_path = spec[f"{part}_annotations"].rsplit(":", 2)[0]
+    parsed = read_instances(ann_path, spec[f"{part}_images"])
     label_lists = validate_label_lists([labels for _, _, labels in parsed], len(COCO_CLASS_NAMES))
-    drawn = sample_single_positive(label_lists, seed, num_classes=len(COCO_CLASS_NAMES))
+    drawn = sample_single_positive(label_lists, spec["seed"], num_classes=len(COCO_CLASS_NAMES))
     return [
         {"image": path, "label": label, "labels": labels, "image_id": image_id}
         for (image_id, path, labels), label in zip(parsed, drawn)
     ]
-
-
-def _split_rows(spec: dict, split: str) -> list[dict]:
-    part = "val" if split == "test" else "train"
-    rows = _official_rows(spec[f"{part}_annotations"], spec[f"{part}_images"], spec["seed"])
-    if split == "test":
-        return rows
-    train_idx, val_idx = split_train_val(len(rows), 0.2, spec["seed"])
-    return [rows[i] for i in (train_idx if split == "train" else val_idx)]
-
-
-def _generate(spec_json: str, split: str, shards: list[int], num_shards: int):
-    spec = json.loads(spec_json)
-    rows = _split_rows(spec, split)
-    yield from iter_shard_rows(rows, shards, num_shards, spec["verify"], spec["skip"], split)
 
 
 def _hint_for(root: str) -> str:
@@ -181,9 +161,7 @@ def load_coco(
     layout = LAYOUT.format(year=year)
     require_path(root, "COCO root folder", layout)
     hint = _hint_for(root)
-    spec = {"format": FORMAT_VERSION, "seed": int(seed), "year": int(year)}
-    spec["verify"] = bool(verify_images or skip_corrupt_images)
-    spec["skip"] = bool(skip_corrupt_images)
+    spec = {"format": FORMAT_VERSION, "year": int(year)}
     overrides = {"train": train_annotations, "val": val_annotations}
     for part in ("train", "val"):
         ann = overrides[part] or os.path.join(root, "annotations", f"instances_{part}{year}.json")
@@ -193,13 +171,7 @@ def load_coco(
         )
         spec[f"{part}_annotations"] = file_stamp(ann)
         spec[f"{part}_images"] = images
-    features = protocol_features(COCO_CLASS_NAMES)
-    try:
-        return DatasetDict(
-            {
-                split: build_split(_generate, spec, split, features, cache_dir, num_proc)
-                for split in ("train", "validation", "test")
-            }
-        )
-    finally:
-        _official_rows.cache_clear()  # only needed while building; frees the parsed annotations
+    return load_protocol_dataset(
+        _official_rows, spec, COCO_CLASS_NAMES, seed=seed, cache_dir=cache_dir, num_proc=num_proc,
+        verify_images=verify_images, skip_corrupt_images=skip_corrupt_images,
+    )

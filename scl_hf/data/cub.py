@@ -10,21 +10,17 @@ validation, 5,794 test images.
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 
 import numpy as np
 from datasets import DatasetDict
 
-from .nus_wide import protocol_rows, select_protocol_split
 from .protocol import (
     DEFAULT_SEED,
     DatasetLayoutError,
-    build_split,
     file_stamp,
-    iter_shard_rows,
-    protocol_features,
+    label_matrix_rows,
+    load_protocol_dataset,
     require_path,
 )
 
@@ -89,20 +85,14 @@ def read_cub(cub_dir: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     return [parts[1] for parts in images], is_train, labels
 
 
-@functools.lru_cache(maxsize=2)
-def _official_rows(cub_dir: str, phase: str, seed: int, stamp: str) -> list[dict]:
+def _official_rows(spec: dict, phase: str) -> list[dict]:
+    """Rows of official ``phase`` ("train" / "val" = test) with the drawn positive (−1 without any attribute)."""
+    cub_dir = spec["cub_dir"]
     paths, is_train, labels = read_cub(cub_dir)
     keep = is_train if phase == "train" else ~is_train
     chosen = [p for p, k in zip(paths, keep) if k]
-    return protocol_rows(chosen, labels[keep], os.path.join(cub_dir, "images"), seed, 0 if phase == "train" else 10**7)
-
-
-def _generate(spec_json: str, split: str, shards: list[int], num_shards: int):
-    spec = json.loads(spec_json)
-    phase = "val" if split == "test" else "train"
-    rows = select_protocol_split(_official_rows(spec["cub_dir"], phase, spec["seed"], spec["stamp"]), split,
-                                 spec["seed"])
-    yield from iter_shard_rows(rows, shards, num_shards, spec["verify"], spec["skip"], split)
+    id_offset = 0 if phase == "train" else 10**7
+    return label_matrix_rows(chosen, labels[keep], os.path.join(cub_dir, "images"), spec["seed"], id_offset)
 
 
 def load_cub(
@@ -121,11 +111,8 @@ def load_cub(
     files = ["images.txt", "train_test_split.txt", os.path.join("attributes", "image_attribute_labels.txt")]
     stamp = "|".join(file_stamp(require_path(os.path.join(cub_dir, f), f"CUB file {f}", LAYOUT)) for f in files)
     require_path(os.path.join(cub_dir, "images"), "CUB image folder", LAYOUT)
-    spec = {"format": FORMAT_VERSION, "seed": int(seed), "cub_dir": cub_dir, "stamp": stamp,
-            "verify": bool(verify_images or skip_corrupt_images), "skip": bool(skip_corrupt_images)}
-    features = protocol_features(names)
-    try:
-        return DatasetDict({split: build_split(_generate, spec, split, features, cache_dir, num_proc)
-                            for split in ("train", "validation", "test")})
-    finally:
-        _official_rows.cache_clear()
+    spec = {"format": FORMAT_VERSION, "cub_dir": cub_dir, "stamp": stamp}
+    return load_protocol_dataset(
+        _official_rows, spec, names, seed=seed, cache_dir=cache_dir, num_proc=num_proc,
+        verify_images=verify_images, skip_corrupt_images=skip_corrupt_images,
+    )

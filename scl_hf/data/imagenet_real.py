@@ -26,7 +26,7 @@ from .protocol import (
     DatasetLayoutError,
     build_split,
     file_stamp,
-    iter_shard_rows,
+    image_check_spec,
     protocol_features,
     require_path,
     split_train_val,
@@ -103,13 +103,10 @@ def _test_rows(val_dir: str, real_json: str, num_classes: int, stamp: str) -> li
     return rows
 
 
-def _generate(spec_json: str, split: str, shards: list[int], num_shards: int):
-    spec = json.loads(spec_json)
+def _read_rows(spec: dict, split: str) -> list[dict]:
     if split == "test":
-        rows = _test_rows(spec["val_dir"], spec["real_json"], spec["num_classes"], spec["real_stamp"])
-    else:
-        rows = _train_rows(spec["train_dir"], spec["train_stamp"])
-    yield from iter_shard_rows(rows, shards, num_shards, spec["verify"], spec["skip"], split)
+        return _test_rows(spec["val_dir"], spec["real_json"], spec["num_classes"], spec["real_stamp"])
+    return _train_rows(spec["train_dir"], spec["train_stamp"])
 
 
 def _folder_stamp(train_dir: str, classes: list[str]) -> str:
@@ -159,8 +156,7 @@ def load_imagenet_real(
     val_dir, real_json = os.path.abspath(os.fspath(val_dir)), os.path.abspath(os.fspath(real_json))
     require_path(val_dir, "ImageNet validation image folder", LAYOUT)
     require_path(real_json, "ReaL label file (real.json)", LAYOUT)
-    spec = {"format": FORMAT_VERSION, "verify": bool(verify_images or skip_corrupt_images)}
-    spec["skip"] = bool(skip_corrupt_images)
+    spec = {"format": FORMAT_VERSION, **image_check_spec(verify_images, skip_corrupt_images)}
     if isinstance(train_source, Dataset):
         names = _dataset_names(train_source, class_names)
         train = train_source
@@ -180,9 +176,9 @@ def load_imagenet_real(
     _test_rows(val_dir, real_json, len(names), spec["real_stamp"])  # fail early on a bad ReaL file
     try:
         if train is None:
-            train = build_split(_generate, spec, "train", features, cache_dir, num_proc)
+            train = build_split(_read_rows, spec, "train", features, cache_dir, num_proc)
         test = build_split(
-            _generate, spec, "test", protocol_features(names, single_label=False), cache_dir, num_proc
+            _read_rows, spec, "test", protocol_features(names, single_label=False), cache_dir, num_proc
         )
     finally:
         _train_rows.cache_clear()

@@ -12,10 +12,7 @@ stay in validation and test, where they are negatives of every class (``label`` 
 
 from __future__ import annotations
 
-import functools
-import json
 import os
-from collections.abc import Sequence
 
 import numpy as np
 from datasets import DatasetDict
@@ -23,12 +20,10 @@ from datasets import DatasetDict
 from .protocol import (
     DEFAULT_SEED,
     DatasetLayoutError,
-    build_split,
     file_stamp,
-    iter_shard_rows,
-    protocol_features,
+    label_matrix_rows,
+    load_protocol_dataset,
     require_path,
-    split_train_val,
 )
 
 FORMAT_VERSION = "nuswide-1"
@@ -46,24 +41,6 @@ LAYOUT = """  <root>/formatted_train_images.npy, formatted_train_labels.npy   (o
   (Cole et al.'s files: https://zenodo.org/records/10162606; images: Flickr.zip from the NUS-WIDE site)"""
 
 
-def draw_single_positive_or_none(label_matrix: np.ndarray, seed: int = DEFAULT_SEED) -> list[int | None]:
-    """One positive per row as ``observe_uniform(num_pos=1, num_neg=0)`` draws it, rows without one → None.
-
-    Same stream as :func:`scl_hf.data.protocol.sample_single_positive`: shuffle the ascending positive ids and keep
-    the first, then shuffle the negatives (selecting none; it only consumes the stream).
-    """
-    rng = np.random.RandomState(seed)
-    everything = np.arange(label_matrix.shape[1])
-    drawn: list[int | None] = []
-    for row in label_matrix:
-        pos = np.nonzero(row == 1)[0]
-        rng.shuffle(pos)
-        drawn.append(int(pos[0]) if len(pos) else None)
-        neg = np.delete(everything, pos)
-        rng.shuffle(neg)
-    return drawn
-
-
 def read_formatted(root: str, phase: str, num_classes: int, layout: str) -> tuple[np.ndarray, np.ndarray]:
     """(image paths, 0/1 label matrix) of ``formatted_<phase>_*.npy``, checked against each other."""
     images_path = require_path(os.path.join(root, f"formatted_{phase}_images.npy"), f"{phase} image list", layout)
@@ -79,36 +56,12 @@ def read_formatted(root: str, phase: str, num_classes: int, layout: str) -> tupl
     return images, labels
 
 
-def protocol_rows(paths: Sequence[str], labels: np.ndarray, image_dir: str, seed: int, id_offset: int) -> list[dict]:
-    drawn = draw_single_positive_or_none(labels, seed)
-    return [
-        {"image": os.path.join(image_dir, str(path)), "label": -1 if label is None else label,
-         "labels": np.nonzero(row == 1)[0].tolist(), "image_id": id_offset + i}
-        for i, (path, row, label) in enumerate(zip(paths, labels, drawn))
-    ]
-
-
-@functools.lru_cache(maxsize=2)
-def _official_rows(root: str, phase: str, seed: int, stamp: str) -> list[dict]:
+def _official_rows(spec: dict, phase: str) -> list[dict]:
+    """Rows of official ``phase`` ("train" / "val") with the drawn positive (−1 for an image without any concept)."""
+    root = spec["root"]
     images, labels = read_formatted(root, phase, len(NUS_WIDE_CLASS_NAMES), LAYOUT)
-    return protocol_rows(images, labels, os.path.join(root, "Flickr"), seed, 0 if phase == "train" else 10**7)
-
-
-def select_protocol_split(rows: list[dict], split: str, seed: int) -> list[dict]:
-    """Official train → 80/20 over every row; training keeps the rows with a drawn positive."""
-    if split == "test":
-        return rows
-    train_idx, val_idx = split_train_val(len(rows), 0.2, seed)
-    chosen = [rows[i] for i in (train_idx if split == "train" else val_idx)]
-    return [row for row in chosen if row["label"] >= 0] if split == "train" else chosen
-
-
-def _generate(spec_json: str, split: str, shards: list[int], num_shards: int):
-    spec = json.loads(spec_json)
-    phase = "val" if split == "test" else "train"
-    rows = _official_rows(spec["root"], phase, spec["seed"], spec[f"{phase}_stamp"])
-    rows = select_protocol_split(rows, split, spec["seed"])
-    yield from iter_shard_rows(rows, shards, num_shards, spec["verify"], spec["skip"], split)
+    id_offset = 0 if phase == "train" else 10**7
+    return label_matrix_rows(images, labels, os.path.join(root, "Flickr"), spec["seed"], id_offset)
 
 
 def load_nus_wide(
@@ -123,17 +76,12 @@ def load_nus_wide(
     root = os.path.abspath(os.fspath(root))
     require_path(root, "NUS-WIDE root folder", LAYOUT)
     require_path(os.path.join(root, "Flickr"), "NUS-WIDE image folder Flickr/", LAYOUT)
-    spec = {
-        "format": FORMAT_VERSION, "seed": int(seed), "root": root,
-        "verify": bool(verify_images or skip_corrupt_images), "skip": bool(skip_corrupt_images),
-    }
+    spec = {"format": FORMAT_VERSION, "root": root}
     for phase in ("train", "val"):
         read_formatted(root, phase, len(NUS_WIDE_CLASS_NAMES), LAYOUT)  # fail now, naming the file
         spec[f"{phase}_stamp"] = "|".join(
             file_stamp(os.path.join(root, f"formatted_{phase}_{kind}.npy")) for kind in ("images", "labels"))
-    features = protocol_features(NUS_WIDE_CLASS_NAMES)
-    try:
-        return DatasetDict({split: build_split(_generate, spec, split, features, cache_dir, num_proc)
-                            for split in ("train", "validation", "test")})
-    finally:
-        _official_rows.cache_clear()
+    return load_protocol_dataset(
+        _official_rows, spec, NUS_WIDE_CLASS_NAMES, seed=seed, cache_dir=cache_dir, num_proc=num_proc,
+        verify_images=verify_images, skip_corrupt_images=skip_corrupt_images,
+    )

@@ -14,9 +14,7 @@ Images are path-backed, as in :mod:`scl_hf.data.coco`.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
 import os
 
 from datasets import DatasetDict
@@ -24,13 +22,10 @@ from datasets import DatasetDict
 from .protocol import (
     DEFAULT_SEED,
     DatasetLayoutError,
-    build_split,
     file_stamp,
-    iter_shard_rows,
-    protocol_features,
+    load_protocol_dataset,
     require_path,
     sample_single_positive,
-    split_train_val,
 )
 
 FORMAT_VERSION = "voc-1"
@@ -86,11 +81,13 @@ def read_image_sets(voc_dir: str, phase: str) -> list[tuple[str, list[int]]]:
     return [(voc_id, sorted(positives[voc_id])) for voc_id in sorted(positives)]
 
 
-@functools.lru_cache(maxsize=2)
-def _official_rows(voc_dir: str, phase: str, seed: int, stamp: str) -> list[dict]:
-    """Rows of one official split with the drawn positive (``stamp`` only keys the cache)."""
+def _official_rows(spec: dict, phase: str) -> list[dict]:
+    """Rows of official ``phase`` ("train" / "val") with the drawn positive."""
+    voc_dir = spec["voc_dir"]
     parsed = read_image_sets(voc_dir, phase)
-    drawn = sample_single_positive([labels for _, labels in parsed], seed, num_classes=len(VOC_CLASS_NAMES))
+    drawn = sample_single_positive(
+        [labels for _, labels in parsed], spec["seed"], num_classes=len(VOC_CLASS_NAMES)
+    )
     image_dir = os.path.join(voc_dir, "JPEGImages")
     return [
         {
@@ -101,16 +98,6 @@ def _official_rows(voc_dir: str, phase: str, seed: int, stamp: str) -> list[dict
         }
         for (voc_id, labels), label in zip(parsed, drawn)
     ]
-
-
-def _generate(spec_json: str, split: str, shards: list[int], num_shards: int):
-    spec = json.loads(spec_json)
-    phase = "val" if split == "test" else "train"
-    rows = _official_rows(spec["voc_dir"], phase, spec["seed"], spec[f"{phase}_stamp"])
-    if split != "test":
-        train_idx, val_idx = split_train_val(len(rows), 0.2, spec["seed"])
-        rows = [rows[i] for i in (train_idx if split == "train" else val_idx)]
-    yield from iter_shard_rows(rows, shards, num_shards, spec["verify"], spec["skip"], split)
 
 
 def _stamp(voc_dir: str, phase: str, layout: str) -> str:
@@ -143,20 +130,11 @@ def load_voc(
     require_path(os.path.join(voc_dir, "JPEGImages"), f"VOC{year} JPEGImages folder", layout)
     spec = {
         "format": FORMAT_VERSION,
-        "seed": int(seed),
         "voc_dir": voc_dir,
         "train_stamp": _stamp(voc_dir, "train", layout),
         "val_stamp": _stamp(voc_dir, "val", layout),
-        "verify": bool(verify_images or skip_corrupt_images),
-        "skip": bool(skip_corrupt_images),
     }
-    features = protocol_features(VOC_CLASS_NAMES)
-    try:
-        return DatasetDict(
-            {
-                split: build_split(_generate, spec, split, features, cache_dir, num_proc)
-                for split in ("train", "validation", "test")
-            }
-        )
-    finally:
-        _official_rows.cache_clear()
+    return load_protocol_dataset(
+        _official_rows, spec, VOC_CLASS_NAMES, seed=seed, cache_dir=cache_dir, num_proc=num_proc,
+        verify_images=verify_images, skip_corrupt_images=skip_corrupt_images,
+    )
