@@ -183,6 +183,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work_dir", default="runs/regimes")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per run (default: the cores divided by --jobs; 1 when two invocations share the cores)")
     return parser.parse_args(argv)
 
 
@@ -231,7 +233,7 @@ def main(argv=None) -> list[dict]:
         print(f"{run['regime']:>17} seed {run['seed']} {label(run):>30}: val {run['val_mAP']:.2f} "
               f"test {run['test_mAP']:.2f} ({run['train_seconds']:.0f} s, loss {run['final_train_loss']})", flush=True)
 
-    threads = max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
     if args.jobs <= 1:
         for job in todo:
             finished(_job(*job, args.work_dir, args.tiny, overrides, threads))
