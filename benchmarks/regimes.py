@@ -183,6 +183,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work_dir", default="runs/regimes")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--merge", nargs="*", default=[], metavar="JSON",
+                        help="first add the runs of these result files (other invocations' --output .json)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per run (default: the cores divided by --jobs; 1 when two invocations share the cores)")
     return parser.parse_args(argv)
@@ -204,17 +206,27 @@ def _job(regime, method, seed, work_dir, tiny, overrides, threads):
     return run_one(regime, method, seed, work_dir, tiny, overrides)
 
 
+def load_runs(path: Path, definitions: dict) -> list[dict]:
+    """The runs saved in `path` (none if it does not exist), refused if a regime they ran was defined otherwise."""
+    if not path.exists():
+        return []
+    saved = json.loads(path.read_text())
+    runs = saved.get("runs", [])
+    changed = sorted({r["regime"] for r in runs if saved["meta"]["regimes"].get(r["regime"]) != definitions[r["regime"]]})
+    if changed:
+        raise SystemExit(f"{path} holds runs of other definitions of the regimes {changed}; choose another --output")
+    return runs
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     stem = Path(args.output)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    saved = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").exists() else {}
-    runs: list[dict] = saved.get("runs", [])
     definitions = json.loads(json.dumps({k: asdict(v) for k, v in REGIMES.items()}))  # tuples as JSON lists
-    changed = sorted({r["regime"] for r in runs if saved["meta"]["regimes"].get(r["regime"]) != definitions[r["regime"]]}
-                     if saved else set())
-    if changed:
-        raise SystemExit(f"{stem}.json holds runs of other definitions of the regimes {changed}; choose another --output")
+    runs = load_runs(stem.with_suffix(".json"), definitions)
+    for other in args.merge:  # runs of invocations that shared the cores, each into its own file
+        known = {run_key(r) for r in runs}
+        runs += [r for r in load_runs(Path(other), definitions) if run_key(r) not in known]
     overrides = parse_overrides(args.set)
     done = {run_key(r) for r in runs}
     todo = [(g, m, s) for s in args.seeds for g in args.regimes for m in args.methods
@@ -222,17 +234,22 @@ def main(argv=None) -> list[dict]:
     meta = {"regimes": definitions, "machine": platform.platform(),
             "processor": platform.processor(), "torch": torch.__version__, "tiny": args.tiny}
 
-    def finished(run: dict) -> None:
-        runs.append(run)
+    def write() -> None:
         meta["written"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
         stem.with_suffix(".md").write_text(
             "# The method across regimes (val chooses, test reports)\n\n"
             f"Written by benchmarks/regimes.py on {meta['machine']}, torch {meta['torch']}, {meta['written']}.\n\n"
             + tables(runs))
+
+    def finished(run: dict) -> None:
+        runs.append(run)
+        write()
         print(f"{run['regime']:>17} seed {run['seed']} {label(run):>30}: val {run['val_mAP']:.2f} "
               f"test {run['test_mAP']:.2f} ({run['train_seconds']:.0f} s, loss {run['final_train_loss']})", flush=True)
 
+    if args.merge:
+        write()
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
     if args.jobs <= 1:
         for job in todo:

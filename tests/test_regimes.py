@@ -46,3 +46,13 @@ def test_tiny_regime_run_writes_val_and_test_resumes_and_refuses_a_changed_defin
     stem.with_suffix(".json").write_text(json.dumps(saved))
     with pytest.raises(SystemExit, match="other definitions of the regimes \\['digits'\\]"):
         script.main(argv)
+
+    # Runs of another invocation (its own --output) merge in; runs already here are kept, not duplicated.
+    saved["meta"]["regimes"]["digits"]["epochs"] = script.REGIMES["digits"].epochs
+    other = tmp_path / "other.json"
+    extra = {**saved["runs"][0], "seed": 7, "test_mAP": 55.5}
+    other.write_text(json.dumps({"meta": saved["meta"], "runs": [saved["runs"][0], extra]}))
+    stem.with_suffix(".json").write_text(json.dumps({"meta": saved["meta"], "runs": saved["runs"]}))
+    merged = script.main([*argv, "--merge", str(other)])
+    assert len(merged) == 3 and 55.5 in [r["test_mAP"] for r in merged]
+    assert len(json.loads(stem.with_suffix(".json").read_text())["runs"]) == 3
