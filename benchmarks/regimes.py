@@ -89,10 +89,8 @@ def regime_data(regime: Regime, seed: int, tiny: bool = False):
     if regime.data == "shapes":
         return make_synthetic(num_train=n_train, num_validation=n_val, num_test=n_test,
                               image_size=regime.data_kwargs.get("source_size", 96), seed=seed, cache_dir=cache)
-    make = {"clutter": make_clutter_scenes, "digits": make_digit_scenes}[regime.data]
-    spec = None
-    if regime.data_kwargs:  # the regime's own scene layout, over the generator's defaults
-        spec = replace({"clutter": CLUTTER_SPEC, "digits": DIGIT_SPEC}[regime.data], **regime.data_kwargs)
+    make, default_spec = {"clutter": (make_clutter_scenes, CLUTTER_SPEC), "digits": (make_digit_scenes, DIGIT_SPEC)}[regime.data]
+    spec = replace(default_spec, **regime.data_kwargs)  # the regime's own scene layout over the generator's default
     return make(num_train=n_train, num_validation=n_val, num_test=n_test, spec=spec, seed=seed, cache_dir=cache)
 
 
