@@ -102,6 +102,12 @@ class SCLConfig(TrainingArguments):
         metadata={"help": "Per-cell loss of 'scl': 'mse' (squared error of σ(F); its gradient fades on confident "
                   "cells) or 'bce' (pulls confident cells back towards the softer averages; ablation)."},
     )
+    spatial_observed_classes: bool = field(
+        default=True,
+        metadata={"help": "With 'scl': the spatial term also covers each row's observed classes. False: only the "
+                  "unobserved ones, so a lagging stored heatmap never pulls the one labelled class's map down "
+                  "(the base loss trains it)."},
+    )
     bank_size: int = field(
         default=14,
         metadata={"help": "S, side of the heatmap bank grid over the original image (14 = ResNet-50's grid at 448 px)."},

@@ -476,9 +476,13 @@ class SCLTrainer(Trainer):
             terms["loss_cl"] = terms["loss_cl"] * self.bank.weight_share(rows[:, None] & (targets < 0.5))
             loss = loss + self.consistency_ramp() * self.args.consistency_weight * terms["loss_cl"]
         if cell_weights is not None:
+            class_weights = gate
+            if not self.args.spatial_observed_classes:  # the labelled classes are left to the base loss
+                unobserved = (targets < 0.5).to(class_maps.dtype)
+                class_weights = unobserved if gate is None else gate[None, :] * unobserved
             terms["loss_scl"] = spatial_consistency_loss(
                 class_maps, sharpen(read.targets, self.args.spatial_target_temperature), cell_weights,
-                self.args.spatial_loss, class_weights=gate,
+                self.args.spatial_loss, class_weights=class_weights,
             ) * self.bank.weight_share(cell_weights)
             loss = loss + self.consistency_ramp() * self.args.spatial_weight * terms["loss_scl"]
         return loss, terms

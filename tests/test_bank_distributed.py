@@ -111,12 +111,17 @@ def test_padding_of_the_last_step_counts_once_and_two_processes_still_match_one(
         torch.testing.assert_close(w_two[key], w_one[key], atol=5e-5, rtol=0, msg=key)
 
 
-def test_uneven_batches_are_refused_before_training(tmp_path):
-    config = {"output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 8,
-              "accelerator_config": {"even_batches": False}, "dataloader_drop_last": False}
+@pytest.mark.parametrize(("options", "message"), [
+    ({"per_device_train_batch_size": 8, "accelerator_config": {"even_batches": False}},
+     "the bank needs even batches across processes"),
+    ({"per_device_train_batch_size": 16, "num_train": 20},  # accelerate would pad the only step with its own rows
+     "20 training images do not fill one global batch of 32"),
+])
+def test_setups_the_bank_cannot_run_are_refused_before_training(tmp_path, options, message):
+    config = {"output_dir": str(tmp_path / "out"), "dataloader_drop_last": False, **options}
     done = subprocess.run(launch_command(config), env=run_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode != 0
-    assert "the bank needs even batches across processes" in done.stdout + done.stderr, (done.stdout + done.stderr)[-4000:]
+    assert message in done.stdout + done.stderr, (done.stdout + done.stderr)[-4000:]
     assert not (tmp_path / "out" / "scl_bank" / "heatmaps.npy").exists()
 
 

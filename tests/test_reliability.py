@@ -43,3 +43,20 @@ def test_class_weights_scale_each_class_without_renormalising():
     expected = 0.5 * (values * cells).sum() / (cells.sum() * 3)
     got = spatial_consistency_loss(maps, targets, cells, "mse", torch.tensor([0.5, 0.0, 0.0]))
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_per_row_class_weights_leave_each_rows_observed_class_out():
+    """(B, C) weights: row 0 keeps classes 1-2, row 1 keeps 0 and 2 (their observed class is left out)."""
+    torch.manual_seed(1)
+    maps, targets = torch.randn(2, 3, 4, 4), torch.rand(2, 3, 4, 4)
+    cells = torch.rand(2, 4, 4)
+    keep = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0]])
+    got = spatial_consistency_loss(maps, targets, cells, "mse", keep)
+    values = (torch.sigmoid(maps) - targets) ** 2
+    expected = sum(values[b, c].mul(cells[b]).sum() for b in range(2) for c in range(3) if keep[b, c]) / (cells.sum() * 3)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    # a (C,) gate times the row mask equals the (B, C) product given directly
+    gate = torch.tensor([0.2, 0.6, 1.0])
+    assert spatial_consistency_loss(maps, targets, cells, "mse", gate[None] * keep).item() == pytest.approx(
+        sum(gate[c] * values[b, c].mul(cells[b]).sum() for b in range(2) for c in range(3) if keep[b, c]).item()
+        / (cells.sum() * 3).item(), rel=1e-6)

@@ -135,13 +135,14 @@ def test_evaluate_reports_map_and_per_class_ap(tiny_synthetic, tmp_path):
     assert metrics["eval_mAP"] == pytest.approx(np.mean(per_class))
 
 
-def _one_step_with_stored_heat(tiny_synthetic, tmp_path, method: str, threshold: float | None, heat):
+def _one_step_with_stored_heat(tiny_synthetic, tmp_path, method: str, threshold: float | None, heat, **options):
     """One compute_loss from fixed weights after the bank's heatmaps were set to `heat` (broadcast over rows and
     cells, e.g. one value or one per class) with every cell observed; returns the trainer and the batch."""
     torch.manual_seed(0)
     model = create_model("resnet18", num_labels=5)
-    args = make_args(tmp_path / f"{method}-{threshold}", method=method, warmup_epochs=0, crop_negative_threshold=threshold,
-                     reliability_gate=False)  # the mask and the term as they act once the bank is trusted
+    args = make_args(tmp_path / f"{method}-{threshold}-{sorted(options.items())}", method=method, warmup_epochs=0,
+                     crop_negative_threshold=threshold, reliability_gate=False,  # as they act once the bank is trusted
+                     **options)
     trainer = SCLTrainer(model=model, args=args, train_dataset=tiny_synthetic["train"])
     bank = trainer.setup_bank().store
     bank.heatmaps[:] = np.broadcast_to(heat, bank.heatmaps.shape)
@@ -322,6 +323,30 @@ def test_the_trainer_cuts_and_pastes_at_the_models_cell_centres(tiny_synthetic, 
     centred, _ = paste_crop(heat, coverage, new_maps, boxes, flips, momentum)
     torch.testing.assert_close(stored, expected.half().float(), atol=2e-3, rtol=0)
     assert (stored - centred).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("observed", [True, False])
+def test_the_spatial_term_leaves_the_observed_classes_to_the_base_loss_when_asked(tiny_synthetic, tmp_path, observed):
+    """spatial_observed_classes=False: each row's observed class carries no spatial loss (checked against the
+    loss computed by hand with and without those entries; the two differ, so the test can fail)."""
+    from scl_hf.bank.geometry import spatial_targets
+    from scl_hf.losses import spatial_consistency_loss
+
+    heat = np.linspace(0.1, 0.9, 5, dtype=np.float16)[:, None, None]  # a different stored heat per class
+    trainer, batch = _one_step_with_stored_heat(tiny_synthetic, tmp_path, "scl", 0.3, heat,
+                                                spatial_observed_classes=observed)
+    with torch.no_grad():
+        trainer.model(pixel_values=batch["pixel_values"])
+        maps = trainer.map_hook.pop_maps().float()
+    num = len(batch["index"])
+    stored = torch.from_numpy(np.broadcast_to(heat, (num, 5, 8, 8)).astype(np.float32))
+    targets, weights = spatial_targets(stored, torch.ones(num, 8, 8, dtype=torch.uint8), batch["boxes"], batch["flips"],
+                                       tuple(maps.shape[-2:]), trainer.map_hook.grid.offset_cells)
+    unobserved = 1.0 - torch.nn.functional.one_hot(batch["label"].long(), 5).float()
+    every = spatial_consistency_loss(maps, targets, weights, trainer.args.spatial_loss)
+    without = spatial_consistency_loss(maps, targets, weights, trainer.args.spatial_loss, unobserved)
+    assert not torch.isclose(every, without, rtol=1e-3)
+    torch.testing.assert_close(trainer._loss_terms["loss_scl"][-1], every if observed else without, rtol=1e-4, atol=1e-6)
 
 
 def test_a_view_that_is_not_a_multiple_of_the_stride_warns(tiny_synthetic, tmp_path):

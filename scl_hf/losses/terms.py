@@ -66,8 +66,8 @@ def spatial_consistency_loss(
     """Per-cell loss between the current class maps (logits) and the stored heatmaps cut under the crop.
 
     Weighted by the observed fraction of each cell; cells never observed before carry no loss. `class_weights`
-    (C,) scale each class's share (the reliability gate) without renormalising: a bank trusted for no class
-    gives no spatial loss at all.
+    (C,) or (B, C) scale each class's share (the reliability gate; a row's observed classes left out) without
+    renormalising: a bank trusted for no class gives no spatial loss at all.
     """
     map_targets = map_targets.to(class_maps.dtype)
     if form == "bce":
@@ -79,5 +79,6 @@ def spatial_consistency_loss(
     weights = cell_weights.to(class_maps.dtype)[:, None].expand_as(values)
     total = weights.sum().clamp_min(1e-6)
     if class_weights is not None:
-        weights = weights * class_weights.to(class_maps.dtype)[None, :, None, None]
+        class_weights = class_weights.to(class_maps.dtype)
+        weights = weights * (class_weights[None] if class_weights.dim() == 1 else class_weights)[:, :, None, None]
     return (values * weights).sum() / total
