@@ -91,6 +91,15 @@ class SCLConfig(TrainingArguments):
     reliability_high: float = field(
         default=0.9, metadata={"help": "Reliability gate: AUC from which a class's gate is fully open (1)."}
     )
+    spatial_reliability_low: float | None = field(
+        default=None,
+        metadata={"help": "Reliability gate of the spatial term alone (AUC at which it opens; default: reliability_low). "
+                  "The spatial term adds targets where the mask only removes negatives, so it may ask for more."},
+    )
+    spatial_reliability_high: float | None = field(
+        default=None,
+        metadata={"help": "AUC from which the spatial term is fully on (default: reliability_high)."},
+    )
     crop_negative_min_gate: float = field(
         default=0.5, metadata={"help": "Reliability gate: the crop-negative mask acts on classes with a gate ≥ this."}
     )
@@ -250,6 +259,10 @@ class SCLConfig(TrainingArguments):
             raise ValueError("need 0 < crop_scale_min <= crop_scale_max <= 1")
         if self.bank_layout not in ("dense", "sparse"):
             raise ValueError(f"bank_layout must be 'dense' or 'sparse', got {self.bank_layout!r}")
+        spatial_low = self.reliability_low if self.spatial_reliability_low is None else self.spatial_reliability_low
+        spatial_high = self.reliability_high if self.spatial_reliability_high is None else self.spatial_reliability_high
+        if not 0.0 <= spatial_low < spatial_high <= 1.0:
+            raise ValueError("need 0 <= spatial_reliability_low < spatial_reliability_high <= 1 (AUC values)")
         if not 0.0 <= self.reliability_low < self.reliability_high <= 1.0:
             raise ValueError("need 0 <= reliability_low < reliability_high <= 1 (AUC values)")
         if self.bank_top_k < 1:

@@ -362,11 +362,16 @@ class SCLTrainer(Trainer):
         scores, seen = self.bank.stored_predictions()
         self.class_auc = observed_positive_auc(scores, observed, seen).float()
 
-    def class_gate(self, device: torch.device) -> torch.Tensor:
-        """The gate of each class, 0 until a first epoch of the bank has been scored."""
+    def class_gate(self, device: torch.device, spatial: bool = False) -> torch.Tensor:
+        """The gate of each class (of the spatial term's own thresholds with `spatial`), 0 until a first epoch of
+        the bank has been scored."""
         if self.class_auc is None:
             return torch.zeros(self.num_labels, device=device)
-        return reliability_gate(self.class_auc, self.args.reliability_low, self.args.reliability_high).to(device)
+        low, high = self.args.reliability_low, self.args.reliability_high
+        if spatial:
+            low = low if self.args.spatial_reliability_low is None else self.args.spatial_reliability_low
+            high = high if self.args.spatial_reliability_high is None else self.args.spatial_reliability_high
+        return reliability_gate(self.class_auc, low, high).to(device)
 
     def _save_class_auc(self, folder: str) -> None:
         from safetensors.torch import save_file
@@ -476,7 +481,7 @@ class SCLTrainer(Trainer):
             terms["loss_cl"] = terms["loss_cl"] * self.bank.weight_share(rows[:, None] & (targets < 0.5))
             loss = loss + self.consistency_ramp() * self.args.consistency_weight * terms["loss_cl"]
         if cell_weights is not None:
-            class_weights = gate
+            class_weights = None if gate is None else self.class_gate(logits.device, spatial=True)
             if not self.args.spatial_observed_classes:  # the labelled classes are left to the base loss
                 unobserved = (targets < 0.5).to(class_maps.dtype)
                 class_weights = unobserved if gate is None else gate[None, :] * unobserved

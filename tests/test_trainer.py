@@ -276,6 +276,19 @@ def test_reliability_gate_scores_the_bank_each_epoch_and_scales_the_spatial_term
     assert max(loss_history(opened, "loss_scl")) > 0.0
 
 
+def test_the_spatial_term_has_its_own_gate_thresholds(tiny_synthetic, tmp_path):
+    """spatial_reliability_low/high gate the spatial term; the mask keeps the gate of reliability_low/high."""
+    args = make_args(tmp_path, method="scl", reliability_low=0.7, reliability_high=0.9, spatial_reliability_low=0.85,
+                     spatial_reliability_high=0.95)
+    trainer = SCLTrainer(model=create_model("resnet18", num_labels=5), args=args, train_dataset=tiny_synthetic["train"])
+    assert trainer.class_gate(torch.device("cpu")).tolist() == [0.0] * 5  # nothing scored yet: shut
+    trainer.class_auc = torch.tensor([0.6, 0.8, 0.875, 0.9, 0.97])
+    assert trainer.class_gate(torch.device("cpu")).tolist() == pytest.approx([0.0, 0.5, 0.875, 1.0, 1.0])
+    assert trainer.class_gate(torch.device("cpu"), spatial=True).tolist() == pytest.approx([0.0, 0.0, 0.25, 0.5, 1.0])
+    with pytest.raises(ValueError, match="spatial_reliability_low < spatial_reliability_high"):
+        make_args(tmp_path, spatial_reliability_low=0.9, spatial_reliability_high=0.8)
+
+
 def test_one_process_over_several_gpus_is_refused_with_the_launch_command(tiny_synthetic, tmp_path):
     """Trainer would wrap the model in nn.DataParallel, whose replicas share one class-map hook: refused at once.
     A config that reports two GPUs stands in for a two-GPU host (this machine has none)."""
