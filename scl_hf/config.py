@@ -92,13 +92,14 @@ class SCLConfig(TrainingArguments):
         default=0.9, metadata={"help": "Reliability gate: AUC from which a class's gate is fully open (1)."}
     )
     spatial_reliability_low: float | None = field(
-        default=None,
-        metadata={"help": "Reliability gate of the spatial term alone (AUC at which it opens; default: reliability_low). "
-                  "The spatial term adds targets where the mask only removes negatives, so it may ask for more."},
+        default=0.85,
+        metadata={"help": "Reliability gate of the spatial term alone: the AUC at which it opens (None: reliability_low). "
+                  "The spatial term adds targets where the mask only removes negatives, so it asks for a more "
+                  "reliable bank (validation, 4 regimes: docs/method.md)."},
     )
     spatial_reliability_high: float | None = field(
-        default=None,
-        metadata={"help": "AUC from which the spatial term is fully on (default: reliability_high)."},
+        default=0.95,
+        metadata={"help": "The AUC from which the spatial term is fully on (None: reliability_high)."},
     )
     crop_negative_min_gate: float = field(
         default=0.5, metadata={"help": "Reliability gate: the crop-negative mask acts on classes with a gate ≥ this."}

@@ -261,7 +261,8 @@ def test_reliability_gate_scores_the_bank_each_epoch_and_scales_the_spatial_term
 
     def run(low, high, name):
         torch.manual_seed(0)
-        args = make_args(tmp_path / name, method="scl", num_train_epochs=3, reliability_low=low, reliability_high=high)
+        args = make_args(tmp_path / name, method="scl", num_train_epochs=3, reliability_low=low, reliability_high=high,
+                         spatial_reliability_low=low, spatial_reliability_high=high)
         trainer = SCLTrainer(model=create_model("resnet18", num_labels=num_labels), args=args,
                              train_dataset=tiny_synthetic["train"])
         trainer.train()
