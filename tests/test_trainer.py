@@ -195,7 +195,7 @@ def _base_loss_of_one_step(tiny_synthetic, tmp_path, method: str, threshold: flo
 
 @pytest.mark.parametrize(("method", "masked"), [("scl", True), ("an-ls+scl", True), ("ll-r+scl", True),
                                                 ("wan+scl", False), ("role+scl", False), ("epr+scl", False),
-                                                ("em-apl+scl", False)])
+                                                ("em-apl+scl", False), ("splc+scl", False)])
 def test_spatial_negative_mask_only_for_bases_with_hard_negatives(tiny_synthetic, tmp_path, method, masked):
     """The same step with the mask on (θ 0.3) and off: the base loss changes only where unobserved entries are
     hard negatives; WAN's weak negatives, ROLE's estimates, EPR's regulariser and EM's entropy stay whole."""

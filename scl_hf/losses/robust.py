@@ -101,7 +101,8 @@ def hill_loss(logits, targets, ctx: LossContext, ignore=None) -> torch.Tensor:
     return reduce_entries(known_negatives(torch.where(targets > 0.5, positives, negatives), logits, ctx), ctx, ignore)
 
 
-@register_base_loss("splc")
+@register_base_loss("splc", crop_negative_mask=False)  # the mask lets the classes it frees drift past τ, and
+# SPLC then trains them as positives: splc+scl collapsed with it (shapes, validation 66.19 vs 98.31; docs/method.md)
 def self_paced_loss_correction(logits, targets, ctx: LossContext, ignore=None) -> torch.Tensor:
     """SPLC (Zhang et al. 2021): focal-margin positives, focal negatives p^γ·(−log(1 − p)); from epoch
     `splc_start_epoch` (0-based) an unobserved entry with σ(z) > τ becomes a positive for this step."""
