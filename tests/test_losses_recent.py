@@ -106,7 +106,8 @@ def test_recent_losses_compose_with_scl_and_declare_their_negatives():
     for name in ("gr", "hill", "splc", "boostlu"):
         assert parse_method(f"{name}+scl").base == name
     assert not BASE_LOSS_INFO["gr"].crop_negative_mask and not BASE_LOSS_INFO["hill"].crop_negative_mask
-    assert BASE_LOSS_INFO["splc"].crop_negative_mask and BASE_LOSS_INFO["boostlu"].crop_negative_mask
+    assert not BASE_LOSS_INFO["splc"].crop_negative_mask  # its relabelling runs away with the mask (docs/method.md)
+    assert BASE_LOSS_INFO["boostlu"].crop_negative_mask
     assert parse_method("boostlu").needs_class_maps and not parse_method("gr").needs_class_maps
 
 
