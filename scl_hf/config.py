@@ -244,6 +244,13 @@ class SCLConfig(TrainingArguments):
     )
     label_names: list[str] | None = field(default_factory=lambda: ["labels"])
 
+    @property
+    def spatial_gate_thresholds(self) -> tuple[float, float]:
+        """The AUCs at which the spatial term's gate opens and is full (the mask's own where unset)."""
+        low = self.reliability_low if self.spatial_reliability_low is None else self.spatial_reliability_low
+        high = self.reliability_high if self.spatial_reliability_high is None else self.spatial_reliability_high
+        return low, high
+
     def __post_init__(self):
         self.method_spec = parse_method(self.method)
         if isinstance(self.loss_options, str):
@@ -260,8 +267,7 @@ class SCLConfig(TrainingArguments):
             raise ValueError("need 0 < crop_scale_min <= crop_scale_max <= 1")
         if self.bank_layout not in ("dense", "sparse"):
             raise ValueError(f"bank_layout must be 'dense' or 'sparse', got {self.bank_layout!r}")
-        spatial_low = self.reliability_low if self.spatial_reliability_low is None else self.spatial_reliability_low
-        spatial_high = self.reliability_high if self.spatial_reliability_high is None else self.spatial_reliability_high
+        spatial_low, spatial_high = self.spatial_gate_thresholds
         if not 0.0 <= spatial_low < spatial_high <= 1.0:
             raise ValueError("need 0 <= spatial_reliability_low < spatial_reliability_high <= 1 (AUC values)")
         if not 0.0 <= self.reliability_low < self.reliability_high <= 1.0:

@@ -367,10 +367,7 @@ class SCLTrainer(Trainer):
         the bank has been scored."""
         if self.class_auc is None:
             return torch.zeros(self.num_labels, device=device)
-        low, high = self.args.reliability_low, self.args.reliability_high
-        if spatial:
-            low = low if self.args.spatial_reliability_low is None else self.args.spatial_reliability_low
-            high = high if self.args.spatial_reliability_high is None else self.args.spatial_reliability_high
+        low, high = self.args.spatial_gate_thresholds if spatial else (self.args.reliability_low, self.args.reliability_high)
         return reliability_gate(self.class_auc, low, high).to(device)
 
     def _save_class_auc(self, folder: str) -> None:
@@ -484,7 +481,7 @@ class SCLTrainer(Trainer):
             class_weights = None if gate is None else self.class_gate(logits.device, spatial=True)
             if not self.args.spatial_observed_classes:  # the labelled classes are left to the base loss
                 unobserved = (targets < 0.5).to(class_maps.dtype)
-                class_weights = unobserved if gate is None else gate[None, :] * unobserved
+                class_weights = unobserved if class_weights is None else class_weights[None, :] * unobserved
             terms["loss_scl"] = spatial_consistency_loss(
                 class_maps, sharpen(read.targets, self.args.spatial_target_temperature), cell_weights,
                 self.args.spatial_loss, class_weights=class_weights,

@@ -363,6 +363,30 @@ def test_the_spatial_term_leaves_the_observed_classes_to_the_base_loss_when_aske
     torch.testing.assert_close(trainer._loss_terms["loss_scl"][-1], every if observed else without, rtol=1e-4, atol=1e-6)
 
 
+def test_without_the_observed_classes_the_spatial_term_keeps_its_own_gate(tiny_synthetic, tmp_path):
+    """With the gate on, the per-row weights are the spatial gate (not the mask's) times the unobserved classes."""
+    from scl_hf.losses import spatial_consistency_loss
+
+    heat = np.linspace(0.1, 0.9, 5, dtype=np.float16)[:, None, None]
+    trainer, batch = _one_step_with_stored_heat(tiny_synthetic, tmp_path, "scl", 0.3, heat,
+                                                spatial_observed_classes=False)
+    trainer.args.reliability_gate = True
+    trainer.class_auc = torch.tensor([0.6, 0.8, 0.875, 0.9, 0.97])  # mask gate ≠ spatial gate on classes 1-3
+    with torch.no_grad():
+        logits = trainer.model(pixel_values=batch["pixel_values"]).logits.float()
+        maps = trainer.map_hook.pop_maps().float()
+    read = trainer.bank.read(batch, 5, tuple(maps.shape[-2:]), maps.device)  # a later epoch: every row is fresh
+    _, terms = trainer.loss_terms(logits, maps, batch, read)
+    unobserved = 1.0 - torch.nn.functional.one_hot(batch["label"].long(), 5).float()
+    spatial_gate = trainer.class_gate(maps.device, spatial=True)
+    expected = spatial_consistency_loss(maps, read.targets, read.weights, trainer.args.spatial_loss,
+                                        spatial_gate[None] * unobserved)
+    with_mask_gate = spatial_consistency_loss(maps, read.targets, read.weights, trainer.args.spatial_loss,
+                                              trainer.class_gate(maps.device)[None] * unobserved)
+    assert not torch.isclose(expected, with_mask_gate, rtol=1e-3)
+    torch.testing.assert_close(terms["loss_scl"], expected, rtol=1e-5, atol=1e-7)
+
+
 def test_a_view_that_is_not_a_multiple_of_the_stride_warns(tiny_synthetic, tmp_path):
     dataset = tiny_synthetic["train"]
     with pytest.warns(UserWarning, match=r"image_size=88 is not a multiple .*\(32 px\).*use image_size=96"):
