@@ -150,14 +150,26 @@ def label(run: dict) -> str:
     return run["method"] + (f" [{extra}]" if extra else "")
 
 
+def gap_share(group: list[dict], an: dict, full: dict) -> str:
+    """(method − AN) / (full − AN) of the test mAP, per seed where both bounds ran, as the mean over those seeds:
+    how much of what full labels would add the method recovers from single positives."""
+    shares = [(r["test_mAP"] - an[r["seed"]]) / (full[r["seed"]] - an[r["seed"]]) for r in group
+              if r["seed"] in an and r["seed"] in full and full[r["seed"]] != an[r["seed"]]]
+    if not shares:
+        return ""
+    return f"{100 * statistics.fmean(shares):.0f} % (seeds {[r['seed'] for r in group if r['seed'] in full]})"
+
+
 def tables(runs: list[dict]) -> str:
     lines = []
     for regime in dict.fromkeys(r["regime"] for r in runs):
         rows = [r for r in runs if r["regime"] == regime]
         spec = asdict(REGIMES[regime])
         lines += [f"## {regime}", "", f"{spec}", "",
-                  "| method | val mAP | test mAP (mean ± std) | per seed (test) | test − AN (per seed) |", "|---|---|---|---|---|"]
-        an = {r["seed"]: r["test_mAP"] for r in rows if r["method"] == "an" and not r.get("overrides")}
+                  "| method | val mAP | test mAP (mean ± std) | per seed (test) | test − AN (per seed) | share of the AN → full "
+                  "gap |", "|---|---|---|---|---|---|"]
+        an, full = ({r["seed"]: r["test_mAP"] for r in rows if r["method"] == name and not r.get("overrides")}
+                    for name in ("an", "full"))
         for name in dict.fromkeys(label(r) for r in rows):
             group = sorted((r for r in rows if label(r) == name), key=lambda r: r["seed"])
             tests = [r["test_mAP"] for r in group]
@@ -165,7 +177,8 @@ def tables(runs: list[dict]) -> str:
             std = statistics.stdev(tests) if len(tests) > 1 else 0.0
             deltas = " / ".join(f"{r['test_mAP'] - an[r['seed']]:+.2f}" for r in group if r["seed"] in an)
             lines.append(f"| {name} | {statistics.fmean(vals):.2f} | {statistics.fmean(tests):.2f} ± {std:.2f} | "
-                         f"{' / '.join(f'{t:.2f}' for t in tests)} (seeds {[r['seed'] for r in group]}) | {deltas} |")
+                         f"{' / '.join(f'{t:.2f}' for t in tests)} (seeds {[r['seed'] for r in group]}) | {deltas} | "
+                         f"{gap_share(group, an, full)} |")
         lines.append("")
     return "\n".join(lines)
 

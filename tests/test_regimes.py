@@ -56,3 +56,15 @@ def test_tiny_regime_run_writes_val_and_test_resumes_and_refuses_a_changed_defin
     merged = script.main([*argv, "--merge", str(other)])
     assert len(merged) == 3 and 55.5 in [r["test_mAP"] for r in merged]
     assert len(json.loads(stem.with_suffix(".json").read_text())["runs"]) == 3
+
+
+def test_table_gives_each_method_its_share_of_the_an_to_full_gap_per_seed():
+    script = load_script()
+    run = lambda method, seed, test: {"regime": "digits", "method": method, "seed": seed, "val_mAP": test,  # noqa: E731
+                                      "test_mAP": test}
+    runs = [run("an", 0, 20.0), run("full", 0, 40.0), run("scl", 0, 30.0),  # seed 0: half the gap
+            run("an", 1, 10.0), run("full", 1, 20.0), run("scl", 1, 20.0),  # seed 1: all of it
+            run("scl", 2, 99.0)]  # seed 2 has no bounds: left out of the share
+    rows = {line.split(" | ")[0]: line for line in script.tables(runs).splitlines() if line.startswith("| ")}
+    assert rows["| scl"].endswith("| 75 % (seeds [0, 1]) |")  # (50 % + 100 %) / 2
+    assert rows["| an"].endswith("| 0 % (seeds [0, 1]) |") and rows["| full"].endswith("| 100 % (seeds [0, 1]) |")
