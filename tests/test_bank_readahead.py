@@ -101,3 +101,19 @@ def test_a_prefetch_of_another_batch_is_not_used(tmp_path):
     assert_same_read(ahead.read(second, 1, (S, S), device), plain.read(second, 1, (S, S), device))
     for bank in (ahead, plain):
         bank.close(1, 2)
+
+
+@pytest.mark.slow
+def test_two_processes_read_ahead_exactly_rows_the_other_rank_wrote(tmp_path):
+    """Rank 1 opens the bank read-only: it learns which rows rank 0 stored from the gathered global batch."""
+    import subprocess
+
+    from test_bank_distributed import ACCELERATE, free_port, run_env
+
+    script = Path(__file__).parent / "scripts" / "readahead_two.py"
+    command = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+               str(script), str(tmp_path)]
+    done = subprocess.run(command, env=run_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    assert "rank 0: reads equal" in done.stdout and "rank 1: reads equal" in done.stdout
