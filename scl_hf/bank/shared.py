@@ -23,7 +23,7 @@ from accelerate.utils import broadcast_object_list
 from .dense import pins_for, rows_to_device
 from .files import BankHeader, check_free_space
 from .layouts import open_bank
-from .readahead import Prefetch, WriteLog, refresh_stale
+from .readahead import Prefetch, WriteLog, reader, refresh_stale
 from .snapshots import Snapshot, restore_snapshot, save_snapshot
 
 ROW_ARRAYS = ("predictions", "seen", "stamps")  # every read; the layout's other arrays serve the spatial term
@@ -59,7 +59,8 @@ class SharedBank:
         self._unsettled = False  # a write was issued since the last barrier
         self._log = WriteLog()  # which rows each write touched: what a prefetch may have read too early
         self._readahead = False  # set by the first prefetch: from then on every write's rows are recorded
-        self._prefetch: Prefetch | None = None  # the next batch's rows, being read on a thread
+        self._prefetch: Prefetch | None = None  # the next batch's rows, being read on the reader thread
+        self._reader = None  # the read-ahead's thread (an executor), started by the first prefetch
         self.cell_offset = 0.0  # where the model's class-map cells are centred, in cells (models.CellGrid)
 
     # ------------------------------------------------------------------ set up or resume
@@ -95,9 +96,11 @@ class SharedBank:
         write not yet settled now touches is read again after `settle` (readahead.py)."""
         self._drop_prefetch()
         self._readahead = True
+        self._reader = self._reader or reader()
         names = ROW_ARRAYS + (tuple(n for n in self.store.arrays if n not in ROW_ARRAYS) if spatial else ())
         indices = inputs.get("index_host", inputs["index"]).cpu()
-        self._prefetch = Prefetch.start(self.store, indices, names, self._log.settled, pins_for(inputs["index"].device))
+        self._prefetch = Prefetch.start(self._reader, self.store, indices, names, self._log.settled,
+                                        pins_for(inputs["index"].device))
 
     def _take_prefetch(self, indices: torch.Tensor, device: torch.device) -> dict:
         """The prefetched rows of this batch, brought up to date and on `device`; {} when there are none (no
@@ -105,16 +108,17 @@ class SharedBank:
         prefetch, self._prefetch = self._prefetch, None
         if prefetch is None:
             return {}
-        rows = prefetch.result()
+        rows, wanted = prefetch.result(), indices.tolist()
         written = self._log.written_since(prefetch.after)
-        if written is None or not torch.equal(prefetch.indices, indices.cpu()):
+        if written is None or prefetch.indices.tolist() != wanted:
             return {}
-        refresh_stale(self.store, prefetch, written)
+        refresh_stale(self.store, prefetch, wanted, written)
         return rows_to_device(rows, device)
 
     def _drop_prefetch(self) -> None:
+        """Forget an unused prefetch (after its reads end: the files may be closed or rewritten next)."""
         if self._prefetch is not None:
-            self._prefetch.thread.join()
+            self._prefetch.future.exception()  # waits; an error of rows nobody reads is not one
             self._prefetch = None
 
     @torch.no_grad()
@@ -231,6 +235,9 @@ class SharedBank:
         """The end of training: the last write done, data flushed, header clean, pages released."""
         self.settle()
         self._drop_prefetch()
+        if self._reader is not None:
+            self._reader.shutdown()
+            self._reader = None
         if self.store.writable:
             self.store.mark(epoch, global_step)
 
