@@ -1,7 +1,8 @@
-"""SharedBank: the bank as the training processes see it — one object, five calls.
+"""SharedBank: the bank as the training processes see it — one object, six calls.
 
-`SharedBank.setup` (fresh or resumed) → per step `read` (a batch → its targets) and `write` (the batch's
-predictions and maps) → `save` (into a checkpoint) → `close`. It owns everything that involves processes:
+`SharedBank.setup` (fresh or resumed) → per step `prefetch` (optional: the batch's rows read ahead, during
+the forward), `read` (a batch → its targets) and `write` (the batch's predictions and maps) → `save` (into a
+checkpoint) → `close`. It owns everything that involves processes:
 the node-local check, who writes (each node's local main process; the others open the files read-only),
 the gather of the global batch, the de-duplication (within a step, and across steps: accelerate pads the
 last step of an epoch with rows of the first), the barrier that orders a step's writes before the next
