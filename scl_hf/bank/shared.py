@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,7 @@ class SharedBank:
         self._readahead = False  # set by the first prefetch: from then on every write's rows are recorded
         self._prefetch: Prefetch | None = None  # the next batch's rows, being read on the reader thread
         self._reader = None  # the read-ahead's thread (an executor), started by the first prefetch
+        self._recording: Future | None = None  # a reader process's record of this step's rows, on that thread
         self.cell_offset = 0.0  # where the model's class-map cells are centred, in cells (models.CellGrid)
 
     # ------------------------------------------------------------------ set up or resume
@@ -161,10 +163,8 @@ class SharedBank:
             self._writer = threading.Thread(target=self._store, args=(rows, layout, epoch, seq), name="scl-bank-writer",
                                             daemon=True)
             self._writer.start()
-        elif seq is not None:  # a reader records the global batch's rows too (off the training thread: a device copy)
-            self._writer = threading.Thread(target=self._record, args=(rows, layout, seq), name="scl-bank-write-log",
-                                            daemon=True)
-            self._writer.start()
+        elif seq is not None:  # a reader records the global batch's rows too, on the reader thread (a device copy)
+            self._recording = self._reader.submit(self._record, rows, layout, seq)
         self._unsettled = True
 
     def _store(self, rows, layout: list | None, epoch: int, seq: int | None) -> None:
@@ -197,6 +197,9 @@ class SharedBank:
         if self._writer is not None:
             self._writer.join()
             self._writer = None
+        if self._recording is not None:
+            self._recording.result()
+            self._recording = None
         self._unsettled = False
         self._log.settled = self._log.issued
         self._log.forget_until(self._log.settled if self._prefetch is None else self._prefetch.after)
