@@ -409,9 +409,11 @@ class SCLTrainer(Trainer):
         return inputs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """forward → bank.read → loss terms → bank.write."""
+        """bank.prefetch → forward → bank.read → loss terms → bank.write."""
         if "index" not in inputs:
             raise ValueError("training batches must come from SCLTrainer's own dataloader (they carry the row index)")
+        if self.bank is not None:  # read-ahead: the batch's rows load from the files while the forward runs
+            self.bank.prefetch(inputs, spatial=self.method.needs_heatmaps and self.bank_recording())
         outputs = model(pixel_values=inputs["pixel_values"])
         logits = outputs.logits.float()
         class_maps = None

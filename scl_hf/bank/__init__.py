@@ -5,7 +5,8 @@
 - `dense.py`      the dense layout (`SCLBank`), `sparse.py` the top-k layout (`SparseSCLBank`);
 - `geometry.py`   RoIAlign cut and paste-back between a crop's frame and the image's frame;
 - `snapshots.py`  checkpoint snapshots (checksummed, no file shared between checkpoints);
-- `shared.py`     `SharedBank`: the bank across processes — set up or resume, read, write, save, close.
+- `readahead.py`  a batch's rows read on a thread ahead of its `read` (the write log that keeps it exact);
+- `shared.py`     `SharedBank`: the bank across processes — set up or resume, prefetch, read, write, save, close.
 """
 
 from .dense import SCLBank

@@ -88,14 +88,16 @@ class SCLBank:
         cache = {} if cache is None else cache
         missing = [name for name in names if name not in cache]
         if missing:
-            idx = indices.cpu().numpy()
-            rows = [torch.from_numpy(_as_torch_dtype(_take_rows(self.arrays[name], idx))) for name in missing]
-            if device is not None and torch.device(device).type != "cpu":
-                if torch.cuda.is_available():
-                    rows = [row.pin_memory() for row in rows]
-                rows = [row.to(device, non_blocking=True) for row in rows]
-            cache.update(zip(missing, rows, strict=True))
+            cache.update(rows_to_device(self.host_rows(indices, missing, pin=pins_for(device)), device))
         return [cache[name] for name in names]
+
+    def host_rows(self, indices: torch.Tensor, names, pin: bool = False) -> dict[str, torch.Tensor]:
+        """These rows of these arrays read from the memmaps into host tensors (`pin`: page-locked, for a
+        non-blocking copy to a GPU): the only part of a read that touches the files, so the read-ahead
+        (shared.py) can run it on a thread."""
+        idx = indices.cpu().numpy()
+        rows = {name: torch.from_numpy(_as_torch_dtype(_take_rows(self.arrays[name], idx))) for name in names}
+        return {name: row.pin_memory() for name, row in rows.items()} if pin else rows
 
     # ----------------------------------------------------------------- writing
     def update(
@@ -218,6 +220,18 @@ class SCLBank:
             self.header.dirty = False
             write_header(self.folder, self.header, durable=True)
             self._clean = True
+
+
+def pins_for(device: torch.device | str | None) -> bool:
+    """Host rows bound for `device` go through pinned memory when it is an accelerator and CUDA is there."""
+    return device is not None and torch.device(device).type != "cpu" and torch.cuda.is_available()
+
+
+def rows_to_device(rows: dict[str, torch.Tensor], device: torch.device | str | None) -> dict[str, torch.Tensor]:
+    """Host rows on `device` (non-blocking: from pinned memory the copy overlaps the host's next work)."""
+    if device is None or torch.device(device).type == "cpu":
+        return rows
+    return {name: row.to(device, non_blocking=True) for name, row in rows.items()}
 
 
 def _take_rows(array: np.ndarray, idx: np.ndarray) -> np.ndarray:

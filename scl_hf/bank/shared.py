@@ -1,7 +1,8 @@
-"""SharedBank: the bank as the training processes see it — one object, five calls.
+"""SharedBank: the bank as the training processes see it — one object, six calls.
 
-`SharedBank.setup` (fresh or resumed) → per step `read` (a batch → its targets) and `write` (the batch's
-predictions and maps) → `save` (into a checkpoint) → `close`. It owns everything that involves processes:
+`SharedBank.setup` (fresh or resumed) → per step `prefetch` (optional: the batch's rows read ahead, during
+the forward), `read` (a batch → its targets) and `write` (the batch's predictions and maps) → `save` (into a
+checkpoint) → `close`. It owns everything that involves processes:
 the node-local check, who writes (each node's local main process; the others open the files read-only),
 the gather of the global batch, the de-duplication (within a step, and across steps: accelerate pads the
 last step of an epoch with rows of the first), the barrier that orders a step's writes before the next
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +22,13 @@ import numpy as np
 import torch
 from accelerate.utils import broadcast_object_list
 
+from .dense import pins_for, rows_to_device
 from .files import BankHeader, check_free_space
 from .layouts import open_bank
+from .readahead import Prefetch, WriteLog, reader, refresh_stale
 from .snapshots import Snapshot, restore_snapshot, save_snapshot
+
+ROW_ARRAYS = ("predictions", "seen", "stamps")  # every read; the layout's other arrays serve the spatial term
 
 
 @dataclass
@@ -53,6 +59,11 @@ class SharedBank:
         self._writer: threading.Thread | None = None  # this step's store, running while the backward does
         self._writer_error: BaseException | None = None
         self._unsettled = False  # a write was issued since the last barrier
+        self._log = WriteLog()  # which rows each write touched: what a prefetch may have read too early
+        self._readahead = False  # set by the first prefetch: from then on every write's rows are recorded
+        self._prefetch: Prefetch | None = None  # the next batch's rows, being read on the reader thread
+        self._reader = None  # the read-ahead's thread (an executor), started by the first prefetch
+        self._recording: Future | None = None  # a reader process's record of this step's rows, on that thread
         self.cell_offset = 0.0  # where the model's class-map cells are centred, in cells (models.CellGrid)
 
     # ------------------------------------------------------------------ set up or resume
@@ -81,12 +92,46 @@ class SharedBank:
         return self.store.writable
 
     # ------------------------------------------------------------------ per step
+    def prefetch(self, inputs: dict, spatial: bool = True) -> None:
+        """Start reading this batch's rows from the files on a thread (read-ahead), so that the reads overlap
+        the forward pass; the next `read` of the same rows takes them. `spatial`: also the heatmap arrays
+        (when the step's read or write will need them). Exact whatever the writes in between: a row that a
+        write not yet settled now touches is read again after `settle` (readahead.py)."""
+        self._drop_prefetch()
+        self._readahead = True
+        self._reader = self._reader or reader()
+        names = ROW_ARRAYS + (tuple(n for n in self.store.arrays if n not in ROW_ARRAYS) if spatial else ())
+        indices = inputs.get("index_host", inputs["index"]).cpu()
+        self._prefetch = Prefetch.start(self._reader, self.store, indices, names, self._log.settled,
+                                        pins_for(inputs["index"].device))
+
+    def _take_prefetch(self, indices: torch.Tensor, device: torch.device) -> dict:
+        """The prefetched rows of this batch, brought up to date and on `device`; {} when there are none (no
+        prefetch, another batch's, or one that began before the writes' rows were recorded)."""
+        prefetch, self._prefetch = self._prefetch, None
+        if prefetch is None:
+            return {}
+        rows, wanted = prefetch.result(), indices.tolist()
+        written = self._log.written_since(prefetch.after)
+        if written is None or prefetch.indices.tolist() != wanted:
+            return {}
+        refresh_stale(self.store, prefetch, wanted, written)
+        return rows_to_device(rows, device)
+
+    def _drop_prefetch(self) -> None:
+        """Forget an unused prefetch (after its reads end: the files may be closed or rewritten next)."""
+        if self._prefetch is not None:
+            self._prefetch.future.exception()  # waits; an error of rows nobody reads is not one
+            self._prefetch = None
+
     @torch.no_grad()
     def read(self, inputs: dict, epoch: int, out_size: tuple[int, int] | None, device: torch.device) -> BankRead:
         """This process's rows: P̄ and counts, and (with `out_size`, the class maps' h × w) the heatmaps cut
-        under each view's crop. Every read of a step sees every write of the steps before it (docs/bank.md)."""
+        under each view's crop. Every read of a step sees every write of the steps before it (docs/bank.md);
+        rows prefetched for this batch (`prefetch`) are used, those a later write touched read again."""
         self.settle()
-        indices, cache = inputs.get("index_host", inputs["index"]), {}  # host indices: reading needs no sync
+        indices = inputs.get("index_host", inputs["index"])  # host indices: reading needs no sync
+        cache = self._take_prefetch(indices, device)
         running, seen, stamps = self.store.rows_on(device, indices, "predictions", "seen", "stamps", cache=cache)
         fresh = stamps != epoch + 1
         targets = weights = None
@@ -112,21 +157,35 @@ class SharedBank:
         if self.accelerator.num_processes > 1:  # one collective for everything; only writers unpack (in the thread)
             packed, layout = pack_rows(rows)
             rows = self.accelerator.gather(packed)
+        seq = self._log.issue()
+        seq = seq if self._readahead else None  # record this write's rows for the read-ahead
         if self.store.writable:  # the de-dup and the device-to-host copy wait for the device: in the thread
-            self._writer = threading.Thread(target=self._store, args=(rows, layout, epoch), name="scl-bank-writer",
+            self._writer = threading.Thread(target=self._store, args=(rows, layout, epoch, seq), name="scl-bank-writer",
                                             daemon=True)
             self._writer.start()
+        elif seq is not None:  # a reader records the global batch's rows too, on the reader thread (a device copy)
+            self._recording = self._reader.submit(self._record, rows, layout, seq)
         self._unsettled = True
 
-    def _store(self, rows, layout: list | None, epoch: int) -> None:
+    def _store(self, rows, layout: list | None, epoch: int, seq: int | None) -> None:
         """Keep each image once — its first copy in the step, and only when not written earlier in the epoch —
-        and store the rows (on the writer thread; `layout`: the rows arrive packed by `pack_rows`)."""
+        and store the rows (on the writer thread; `layout`: the rows arrive packed by `pack_rows`). `seq`: the
+        write's number in the write log, when the read-ahead needs its rows."""
         try:
             rows = unpack_rows(rows.cpu(), layout) if layout is not None else {k: v.cpu() for k, v in rows.items()}
             indices, fresh = rows.pop("indices"), rows.pop("fresh")
+            if seq is not None:
+                self._log.record(seq, indices)
             keep = first_occurrence(indices)
             keep = keep[fresh[keep].bool()]
             self.store.store_rows(indices[keep], {k: v[keep] for k, v in rows.items()}, epoch)
+        except BaseException as err:  # re-raised in the training thread by settle()
+            self._writer_error = err
+
+    def _record(self, packed: torch.Tensor, layout: list, seq: int) -> None:
+        """A process that does not write: the rows of write `seq` (every row of the global batch), for the read-ahead."""
+        try:
+            self._log.record(seq, unpack_rows(packed, layout, names=("indices",))["indices"])
         except BaseException as err:  # re-raised in the training thread by settle()
             self._writer_error = err
 
@@ -138,7 +197,12 @@ class SharedBank:
         if self._writer is not None:
             self._writer.join()
             self._writer = None
+        if self._recording is not None:
+            self._recording.result()
+            self._recording = None
         self._unsettled = False
+        self._log.settled = self._log.issued
+        self._log.forget_until(self._log.settled if self._prefetch is None else self._prefetch.after)
         if self._writer_error is not None:
             error, self._writer_error = self._writer_error, None
             raise RuntimeError("the bank's writer thread failed; the bank is marked dirty") from error
@@ -174,6 +238,10 @@ class SharedBank:
     def close(self, epoch: float, global_step: int) -> None:
         """The end of training: the last write done, data flushed, header clean, pages released."""
         self.settle()
+        self._drop_prefetch()
+        if self._reader is not None:
+            self._reader.shutdown()
+            self._reader = None
         if self.store.writable:
             self.store.mark(epoch, global_step)
 
@@ -213,11 +281,14 @@ def pack_rows(tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list]:
     return torch.cat(parts, dim=1), layout
 
 
-def unpack_rows(packed: torch.Tensor, layout: list) -> dict[str, torch.Tensor]:
+def unpack_rows(packed: torch.Tensor, layout: list, names: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors `pack_rows` packed (`names`: only these, sliced before any copy)."""
     out, start = {}, 0
     for name, dtype, shape, width in layout:
-        piece = packed[:, start:start + width].contiguous()
         start += width
+        if names is not None and name not in names:
+            continue
+        piece = packed[:, start - width:start].contiguous()
         piece = piece.bool() if dtype == torch.bool else piece.view(dtype)
         out[name] = piece.reshape(len(packed), *shape)
     return out
