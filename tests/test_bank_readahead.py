@@ -117,3 +117,64 @@ def test_two_processes_read_ahead_exactly_rows_the_other_rank_wrote(tmp_path):
     done = subprocess.run(command, env=run_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
     assert "rank 0: reads equal" in done.stdout and "rank 1: reads equal" in done.stdout
+
+
+def test_the_writer_and_reader_are_one_thread_each_and_end_at_close(tmp_path):
+    """Every step's store runs on one long-lived daemon thread (no thread started per step), as does every
+    prefetch; `close` ends both."""
+    import threading
+
+    bank = make_bank(tmp_path, "dense")
+    device = bank.accelerator.device
+    steps = [on(inputs, device) for inputs in batches(4)]
+    idents = set()
+    for t, inputs in enumerate(steps):
+        bank.prefetch(inputs)
+        read = bank.read(inputs, t, (S, S), device)
+        bank.write(inputs, inputs["logits"], inputs["maps"], read, t)
+        idents.add(bank._writer_thread._thread.ident)
+        assert [th.name for th in threading.enumerate()].count("scl-bank-writer") == 1
+    writer, reader = bank._writer_thread._thread, bank._reader._thread
+    assert len(idents) == 1 and writer.daemon and reader.daemon and writer.is_alive() and reader.is_alive()
+    bank.close(3, 4)
+    assert not writer.is_alive() and not reader.is_alive()
+
+
+def test_a_failed_store_is_raised_by_the_next_settle_and_the_bank_still_closes(tmp_path):
+    bank = make_bank(tmp_path, "dense")
+    device = bank.accelerator.device
+    first, second = (on(inputs, device) for inputs in batches(2))
+    bank.write(first, first["logits"], first["maps"], bank.read(first, 0, (S, S), device), 0)
+    failure = OSError("disk full")
+
+    def store_rows(*args, **kwargs):
+        raise failure
+
+    read = bank.read(second, 1, (S, S), device)  # the first write settled
+    bank.store.store_rows = store_rows
+    bank.write(second, second["logits"], second["maps"], read, 1)
+    with pytest.raises(RuntimeError, match="writer thread failed; the bank is marked dirty") as raised:
+        bank.settle()
+    assert raised.value.__cause__ is failure
+    bank.settle()  # raised once: the write is settled
+    del bank.store.store_rows
+    writer = bank._writer_thread._thread
+    bank.write(second, second["logits"], second["maps"], bank.read(second, 1, (S, S), device), 1)
+    read = bank.read(first, 2, (S, S), device)
+    bank.store.store_rows = store_rows
+    bank.write(first, first["logits"], first["maps"], read, 2)
+    with pytest.raises(RuntimeError, match="writer thread failed"):
+        bank.close(2, 3)  # the failure is raised, and the threads end all the same
+    assert not writer.is_alive() and bank._writer_thread is None
+
+
+def test_a_crashed_run_exits_while_a_store_still_waits(tmp_path):
+    """The bank's threads are daemons: an exception in the training thread ends the process even when a task
+    never returns (a store whose copy waits for an all-gather that a dead process never joins)."""
+    import subprocess
+    import sys
+
+    code = ("import threading\nfrom scl_hf.bank.worker import Worker\n"
+            "Worker('scl-bank-writer').submit(threading.Event().wait)\nraise SystemExit('crash')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "crash" in done.stderr

@@ -10,10 +10,12 @@ The read therefore returns what it would have read without the prefetch (docs/ba
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
+
+from .worker import Worker
 
 
 class WriteLog:
@@ -50,11 +52,10 @@ class WriteLog:
             del self.rows[s]
 
 
-def reader() -> ThreadPoolExecutor:
-    """The read-ahead's one long-lived thread. A thread per prefetch would cost the training thread a GIL
-    hand-over (`Thread.start` waits for the new thread, which then holds the GIL for up to the 5 ms switch
-    interval: 4 ms a step measured); handing a task to a waiting thread returns at once."""
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="scl-bank-readahead")
+def reader() -> Worker:
+    """The read-ahead's one long-lived thread (worker.py: a thread per prefetch would cost the training thread
+    a GIL hand-over, 4 ms a step measured; handing a task to a waiting thread returns at once)."""
+    return Worker("scl-bank-readahead")
 
 
 @dataclass
@@ -67,7 +68,7 @@ class Prefetch:
     future: Future | None = None
 
     @classmethod
-    def start(cls, executor: ThreadPoolExecutor, store, indices: torch.Tensor, names: tuple[str, ...], after: int,
+    def start(cls, executor: Worker, store, indices: torch.Tensor, names: tuple[str, ...], after: int,
               pin: bool) -> Prefetch:
         prefetch = cls(indices, names, after)
         prefetch.future = executor.submit(store.host_rows, indices, names, pin)

@@ -12,7 +12,6 @@ the global batch. The layouts (dense.py, sparse.py) know none of this. The proto
 
 from __future__ import annotations
 
-import threading
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from .files import BankHeader, check_free_space
 from .layouts import open_bank
 from .readahead import Prefetch, WriteLog, reader, refresh_stale
 from .snapshots import Snapshot, restore_snapshot, save_snapshot
+from .worker import Worker
 
 ROW_ARRAYS = ("predictions", "seen", "stamps")  # every read; the layout's other arrays serve the spatial term
 
@@ -56,7 +56,8 @@ class SharedBank:
         self.header = header
         self.momentum, self.heatmap_momentum = momentum, heatmap_momentum
         self.snapshot = snapshot
-        self._writer: threading.Thread | None = None  # this step's store, running while the backward does
+        self._writer: Future | None = None  # this step's store, running on the writer thread while the backward does
+        self._writer_thread: Worker | None = None  # the writer's one long-lived thread, started by the first write
         self._writer_error: BaseException | None = None
         self._unsettled = False  # a write was issued since the last barrier
         self._log = WriteLog()  # which rows each write touched: what a prefetch may have read too early
@@ -159,10 +160,9 @@ class SharedBank:
             rows = self.accelerator.gather(packed)
         seq = self._log.issue()
         seq = seq if self._readahead else None  # record this write's rows for the read-ahead
-        if self.store.writable:  # the de-dup and the device-to-host copy wait for the device: in the thread
-            self._writer = threading.Thread(target=self._store, args=(rows, layout, epoch, seq), name="scl-bank-writer",
-                                            daemon=True)
-            self._writer.start()
+        if self.store.writable:  # the de-dup and the device-to-host copy wait for the device: on the writer thread
+            self._writer_thread = self._writer_thread or Worker("scl-bank-writer")
+            self._writer = self._writer_thread.submit(self._store, rows, layout, epoch, seq)
         elif seq is not None:  # a reader records the global batch's rows too, on the reader thread (a device copy)
             self._recording = self._reader.submit(self._record, rows, layout, seq)
         self._unsettled = True
@@ -190,12 +190,12 @@ class SharedBank:
             self._writer_error = err
 
     def settle(self) -> None:
-        """Wait for the last write (the writer thread), then for every process: after this, every process
+        """Wait for the last write (its store on the writer thread), then for every process: after this, every process
         reads what every earlier step wrote. A no-op when nothing was written since the last settle."""
         if not self._unsettled:
             return
         if self._writer is not None:
-            self._writer.join()
+            self._writer.result()  # _store keeps its error for the raise below
             self._writer = None
         if self._recording is not None:
             self._recording.result()
@@ -237,11 +237,14 @@ class SharedBank:
 
     def close(self, epoch: float, global_step: int) -> None:
         """The end of training: the last write done, data flushed, header clean, pages released."""
-        self.settle()
-        self._drop_prefetch()
-        if self._reader is not None:
-            self._reader.shutdown()
-            self._reader = None
+        try:
+            self.settle()
+            self._drop_prefetch()
+        finally:  # the threads end here, also when the last write failed
+            for thread in (self._reader, self._writer_thread):
+                if thread is not None:
+                    thread.shutdown()
+            self._reader = self._writer_thread = None
         if self.store.writable:
             self.store.mark(epoch, global_step)
 
