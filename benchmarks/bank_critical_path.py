@@ -26,7 +26,9 @@ the result of the same processes and read-ahead setting):
     python benchmarks/bank_critical_path.py
     accelerate launch --multi_gpu --num_processes 2 --mixed_precision no --dynamo_backend no \\
         benchmarks/bank_critical_path.py        # with no GPU: gloo on the CPU (MULTI_CPU)
-Writes bank_critical_path.json and .md into `--output-dir` (default benchmarks/results).
+Writes bank_critical_path.json and .md into `--output-dir` (default benchmarks/results). On a shared machine,
+run the settings in alternating rounds, each into its own `--output-dir`, and collect them with
+`bank_critical_path_rounds.py` (into bank_critical_path_rounds.md, which the .md then points to).
 """
 
 from __future__ import annotations
@@ -161,15 +163,16 @@ def main() -> None:
         report["runs"] = [r for r in report["runs"] if setting(r) != setting(record)] + [record]
         report["runs"].sort(key=setting)
         path.write_text(json.dumps(report, indent=2) + "\n")
-        (args.output_dir / "bank_critical_path.md").write_text(markdown(report))
-        print(markdown(report))
+        (args.output_dir / "bank_critical_path.md").write_text(markdown(report, args.output_dir))
+        print(markdown(report, args.output_dir))
     if processes > 1:
         accelerator.wait_for_everyone()
         time.sleep(0.5)  # let gloo's workers drain before exit (docs/bank.md, "Ending a launched script")
         torch.distributed.destroy_process_group()
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict, folder: Path | None = None) -> str:
+    """The table of `report`'s runs; a pointer to the rounds (bank_critical_path_rounds.py) when `folder` has them."""
     lines = ["# The bank on the critical path: GPU-proxy setting on a CPU", "",
              "`benchmarks/bank_critical_path.py`: the real SharedBank (COCO-size dense bank, real memmaps, gloo), "
              "the backward replaced by a sleep (the host idles while a GPU runs it). Milliseconds per step and "
@@ -191,6 +194,9 @@ def markdown(report: dict) -> str:
               f"{report['runs'][-1]['steps']} steps after warm-up, backward sleep {report['runs'][-1]['backward_ms']} ms, "
               f"forward sleep {report['runs'][-1].get('forward_ms', 0)} ms.",
               ""]
+    if folder is not None and (folder / "bank_critical_path_rounds.md").exists():
+        lines += ["Each row is one run, one sample of the machine's load; every round of the settings, run "
+                  "alternately: [bank_critical_path_rounds.md](bank_critical_path_rounds.md).", ""]
     return "\n".join(lines)
 
 
