@@ -165,6 +165,7 @@ def test_a_failed_store_is_raised_by_the_next_settle_and_the_bank_still_closes(t
     bank.write(first, first["logits"], first["maps"], read, 2)
     with pytest.raises(RuntimeError, match="writer thread failed"):
         bank.close(2, 3)  # the failure is raised, and the threads end all the same
+    writer.join(timeout=30)
     assert not writer.is_alive() and bank._writer_thread is None
 
 

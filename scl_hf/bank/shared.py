@@ -237,13 +237,15 @@ class SharedBank:
 
     def close(self, epoch: float, global_step: int) -> None:
         """The end of training: the last write done, data flushed, header clean, pages released."""
+        ended = False
         try:
             self.settle()
             self._drop_prefetch()
-        finally:  # the threads end here, also when the last write failed
+            ended = True
+        finally:  # the threads end here; after an error (a failed store, an interrupt) without waiting for them
             for thread in (self._reader, self._writer_thread):
                 if thread is not None:
-                    thread.shutdown()
+                    thread.shutdown(wait=ended)
             self._reader = self._writer_thread = None
         if self.store.writable:
             self.store.mark(epoch, global_step)
