@@ -50,8 +50,9 @@ class SharedBank:
     """The bank of one run across the processes of `accelerator` (see the module docstring)."""
 
     def __init__(self, accelerator, store, header: BankHeader, momentum: float, heatmap_momentum: float,
-                 snapshot: Snapshot | None = None):
+                 snapshot: Snapshot | None = None, group=None):
         self.accelerator = accelerator
+        self.group = group  # the process group of the writes' all-gather, run on the writer thread (None: on this one)
         self.store = store  # the layout's bank object (SCLBank / SparseSCLBank), writable on the local main
         self.header = header
         self.momentum, self.heatmap_momentum = momentum, heatmap_momentum
@@ -86,7 +87,7 @@ class SharedBank:
         accelerator.wait_for_everyone()
         if not accelerator.is_local_main_process:
             store = open_bank(folder, header, writable=False, create=False)
-        return cls(accelerator, store, header, momentum, heatmap_momentum, snapshot)
+        return cls(accelerator, store, header, momentum, heatmap_momentum, snapshot, gather_group(accelerator))
 
     @property
     def writable(self) -> bool:
@@ -154,12 +155,17 @@ class SharedBank:
                                    inputs["flips"], maps, self.heatmap_momentum, inputs["label"],
                                    cache=read.rows, cell_offset=self.cell_offset)  # this process's rows, on its device
         rows.update(indices=inputs["index"], fresh=read.fresh)
+        seq = self._log.issue()
+        seq = seq if self._readahead else None  # record this write's rows for the read-ahead
+        if self.group is not None:  # every process packs and gathers on its writer thread, in step order
+            self._writer_thread = self._writer_thread or Worker("scl-bank-writer")
+            self._writer = self._writer_thread.submit(self._gather_store, rows, epoch, seq)
+            self._unsettled = True
+            return
         layout = None
         if self.accelerator.num_processes > 1:  # one collective for everything; only writers unpack (in the thread)
             packed, layout = pack_rows(rows)
             rows = self.accelerator.gather(packed)
-        seq = self._log.issue()
-        seq = seq if self._readahead else None  # record this write's rows for the read-ahead
         if self.store.writable:  # the de-dup and the device-to-host copy wait for the device: on the writer thread
             self._writer_thread = self._writer_thread or Worker("scl-bank-writer")
             self._writer = self._writer_thread.submit(self._store, rows, layout, epoch, seq)
@@ -181,6 +187,24 @@ class SharedBank:
             self.store.store_rows(indices[keep], {k: v[keep] for k, v in rows.items()}, epoch)
         except BaseException as err:  # re-raised in the training thread by settle()
             self._writer_error = err
+
+    def _gather_store(self, rows: dict, epoch: int, seq: int | None) -> None:
+        """On the writer thread of every process: pack this process's rows, all-gather them over `self.group`
+        (a group of its own: never interleaved with the training thread's collectives on the default group),
+        then store them (a writer) or record their indices for the read-ahead (a reader)."""
+        try:
+            packed, layout = pack_rows(rows)
+            del rows
+            parts = [torch.empty_like(packed) for _ in range(self.accelerator.num_processes)]
+            torch.distributed.all_gather(parts, packed, group=self.group)  # equal sizes: even_batches is required
+            packed = torch.cat(parts)
+        except BaseException as err:  # re-raised in the training thread by settle()
+            self._writer_error = err
+            return
+        if self.store.writable:
+            self._store(packed, layout, epoch, seq)
+        elif seq is not None:
+            self._record(packed, layout, seq)
 
     def _record(self, packed: torch.Tensor, layout: list, seq: int) -> None:
         """A process that does not write: the rows of write `seq` (every row of the global batch), for the read-ahead."""
@@ -249,6 +273,15 @@ class SharedBank:
             self._reader = self._writer_thread = None
         if self.store.writable:
             self.store.mark(epoch, global_step)
+
+
+def gather_group(accelerator):
+    """A process group of its own for the writes' all-gather, which runs on the writer thread (created here,
+    collectively, on every process); None for one process, and on CUDA devices, where the gather stays on
+    the training thread (docs/bank.md: a collective on another thread would need its own CUDA stream)."""
+    if accelerator.num_processes == 1 or accelerator.device.type == "cuda":
+        return None
+    return torch.distributed.new_group(backend=torch.distributed.get_backend())
 
 
 def check_node_local(accelerator, folder: Path) -> None:
