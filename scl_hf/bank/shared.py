@@ -148,7 +148,8 @@ class SharedBank:
         """Gather this step's rows from every process, keep each image once (first copy in the step, and not
         at all when it was already written this epoch), and hand them to a writer thread on each node's
         local main: the store runs while the backward does. The next `read` (or `save`, `close`) waits for
-        it and then for every process (`settle`), so the next step's reads see this step's writes."""
+        it and then for every process (`settle`), so the next step's reads see this step's writes. With a
+        `group` (several CPU processes) the gather too runs on a writer thread, on every process."""
         probs = torch.sigmoid(logits.detach())
         maps = None if class_maps is None else torch.sigmoid(class_maps.detach())
         rows = self.store.new_rows(inputs.get("index_host", inputs["index"]), probs, self.momentum, inputs["boxes"],
