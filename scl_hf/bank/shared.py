@@ -159,8 +159,7 @@ class SharedBank:
         seq = self._log.issue()
         seq = seq if self._readahead else None  # record this write's rows for the read-ahead
         if self.group is not None:  # every process packs and gathers on its writer thread, in step order
-            self._writer_thread = self._writer_thread or Worker("scl-bank-writer")
-            self._writer = self._writer_thread.submit(self._gather_store, rows, epoch, seq)
+            self._writer = self._writer_worker().submit(self._gather_store, rows, epoch, seq)
             self._unsettled = True
             return
         layout = None
@@ -168,11 +167,15 @@ class SharedBank:
             packed, layout = pack_rows(rows)
             rows = self.accelerator.gather(packed)
         if self.store.writable:  # the de-dup and the device-to-host copy wait for the device: on the writer thread
-            self._writer_thread = self._writer_thread or Worker("scl-bank-writer")
-            self._writer = self._writer_thread.submit(self._store, rows, layout, epoch, seq)
+            self._writer = self._writer_worker().submit(self._store, rows, layout, epoch, seq)
         elif seq is not None:  # a reader records the global batch's rows too, on the reader thread (a device copy)
             self._recording = self._reader.submit(self._record, rows, layout, seq)
         self._unsettled = True
+
+    def _writer_worker(self) -> Worker:
+        """The writer's one long-lived thread, started by the first write."""
+        self._writer_thread = self._writer_thread or Worker("scl-bank-writer")
+        return self._writer_thread
 
     def _store(self, rows, layout: list | None, epoch: int, seq: int | None) -> None:
         """Keep each image once — its first copy in the step, and only when not written earlier in the epoch —
