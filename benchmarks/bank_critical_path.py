@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--backward-ms", type=float, default=55.0)
     parser.add_argument("--forward-ms", type=float, default=25.0, help="the forward pass's sleep, after the batch is known")
     parser.add_argument("--no-readahead", action="store_true", help="read the rows in `read` (the path before the read-ahead)")
+    parser.add_argument("--sync", choices=("epoch", "step"), default="epoch",
+                        help="SharedBank's sync: a barrier at an epoch's first and last step, or at every step")
     parser.add_argument("--bank-dir", type=Path, default=Path(tempfile.gettempdir()) / "scl_bank_critical_path")
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
@@ -108,7 +110,9 @@ def main() -> None:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     processes, rank = accelerator.num_processes, accelerator.process_index
     header = BankHeader(args.rows, args.classes, args.size, True, "proxy", "proxy")
-    bank = SharedBank.setup(accelerator, args.bank_dir, header, momentum=0.9, heatmap_momentum=0.9)
+    steps_per_epoch = -(-args.rows // (args.batch * processes))  # the steps run here are inside one epoch
+    bank = SharedBank.setup(accelerator, args.bank_dir, header, momentum=0.9, heatmap_momentum=0.9, sync=args.sync,
+                            steps_per_epoch=steps_per_epoch)
     if accelerator.is_local_main_process:
         fill_bank(bank.store)
     accelerator.wait_for_everyone()
@@ -129,7 +133,7 @@ def main() -> None:
         clock.seconds = clock.cpu_seconds = 0.0
         call, call_cpu = time.perf_counter(), time.thread_time()
         if readahead:
-            bank.prefetch(inputs)
+            bank.prefetch(inputs, epoch=3)
         call, call_cpu = time.perf_counter() - call, time.thread_time() - call_cpu
         time.sleep(args.forward_ms / 1000)  # the forward on the device: the read-ahead thread reads the rows
         start, cpu = time.perf_counter(), time.thread_time()
@@ -151,7 +155,7 @@ def main() -> None:
                    "min": min(v), "max": max(v)} for k, v in times.items()}
     gathered = accelerator.gather(torch.tensor([[summary[k]["median"] for k in times]], device=device)).cpu().tolist()
     if accelerator.is_main_process:
-        record = {"processes": processes, "readahead": readahead, "batch_per_process": args.batch, "rows": args.rows,
+        record = {"processes": processes, "readahead": readahead, "sync": args.sync, "batch_per_process": args.batch, "rows": args.rows,
                   "classes": args.classes, "size": args.size, "steps": args.steps, "backward_ms": args.backward_ms,
                   "forward_ms": args.forward_ms,
                   "per_process_medians_ms": [dict(zip(times, row, strict=True)) for row in gathered],
@@ -159,7 +163,7 @@ def main() -> None:
         args.output_dir.mkdir(parents=True, exist_ok=True)
         path = args.output_dir / "bank_critical_path.json"
         report = json.loads(path.read_text()) if path.exists() else {"runs": []}
-        setting = lambda r: (r["processes"], r.get("readahead", False))  # noqa: E731  (runs before it had none)
+        setting = lambda r: (r["processes"], r.get("readahead", False), r.get("sync", "step"))  # noqa: E731  (older runs had none)
         report["runs"] = [r for r in report["runs"] if setting(r) != setting(record)] + [record]
         report["runs"].sort(key=setting)
         path.write_text(json.dumps(report, indent=2) + "\n")
@@ -178,15 +182,17 @@ def markdown(report: dict, folder: Path | None = None) -> str:
              "the backward replaced by a sleep (the host idles while a GPU runs it). Milliseconds per step and "
              "process, rank 0's median [quartiles]; *host critical path* = prefetch + read + write − geometry (the "
              "geometry is device work on a GPU). *read-ahead*: the batch's rows read on a thread during the forward "
-             "(`SharedBank.prefetch`). Target: host critical path ≤ 4 ms, no higher with 2 processes than 1.", "",
-             "| processes | read-ahead | batch / process | prefetch (call) | read | write | geometry (device on a GPU) | "
+             "(`SharedBank.prefetch`). *sync*: the barrier that orders writes before reads, at every step or at an "
+             "epoch's first and last step (`SCLConfig.bank_sync`; the steps here lie inside one epoch). "
+             "Target: host critical path ≤ 4 ms, no higher with 2 processes than 1.", "",
+             "| processes | read-ahead | sync | batch / process | prefetch (call) | read | write | geometry (device on a GPU) | "
              "host critical path | its minimum | host CPU | host critical path, every rank's median |",
-             "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "|---:|:---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for run in report["runs"]:
         cell = lambda k, s=run["rank0"]: f"{s[k]['median']:.2f} [{s[k]['q1']:.2f}–{s[k]['q3']:.2f}]" if k in s else "–"  # noqa: E731
         ranks = ", ".join(f"{r['host']:.2f}" for r in run["per_process_medians_ms"])
         ahead = {True: "on", False: "off"}[run.get("readahead", False)]
-        lines.append(f"| {run['processes']} | {ahead} | {run['batch_per_process']} | {cell('prefetch')} | {cell('read')} | {cell('write')} | "
+        lines.append(f"| {run['processes']} | {ahead} | {run.get('sync', 'step')} | {run['batch_per_process']} | {cell('prefetch')} | {cell('read')} | {cell('write')} | "
                      f"{cell('geometry')} | {cell('host')} | {run['rank0']['host']['min']:.2f} | {cell('host_cpu')} | {ranks} |")
     machine = report["runs"][-1]["machine"]
     lines += ["", f"Machine: {machine['cpu_model']}, {machine['cpus_usable']} usable CPUs (shared with other jobs; "

@@ -28,30 +28,32 @@ def main() -> None:
     lines = ["# The bank on the critical path: rounds", ""]
     if args.intro:
         lines += [args.intro, ""]
-    lines += ["| code | processes | read-ahead | round | host critical path | its minimum | host CPU | "
+    lines += ["| code | processes | read-ahead | sync | round | host critical path | its minimum | host CPU | "
               "every rank's host median | load average (1, 5, 15 min) |",
-              "|---|---:|:---:|---:|---:|---:|---:|---|---|"]
+              "|---|---:|:---:|:---:|---:|---:|---:|---:|---|---|"]
     summary, machines = [], set()
     for spec in args.set:
         label, folders = spec.split("=", 1)
         runs = {}
         for r, folder in enumerate(folders.split(","), start=1):
             for run in json.loads((Path(folder) / "bank_critical_path.json").read_text())["runs"]:
-                runs.setdefault((run["processes"], run["readahead"]), []).append((r, run))
+                key = (run["processes"], run["readahead"], run.get("sync", "step"))  # runs before `sync`: per step
+                runs.setdefault(key, []).append((r, run))
                 machines.add(run["machine"]["cpu_model"])
-        for (processes, readahead), rounds in sorted(runs.items()):
+        for (processes, readahead, sync), rounds in sorted(runs.items()):
             for r, run in rounds:
                 s = run["rank0"]
                 ranks = ", ".join(f"{p['host']:.2f}" for p in run["per_process_medians_ms"])
                 load = ", ".join(f"{x:.2f}" for x in run["load_average"])
-                lines.append(f"| {label} | {processes} | {'on' if readahead else 'off'} | {r} | {cell(s['host'])} | "
+                lines.append(f"| {label} | {processes} | {'on' if readahead else 'off'} | {sync} | {r} | {cell(s['host'])} | "
                              f"{s['host']['min']:.2f} | {cell(s['host_cpu'])} | {ranks} | {load} |")
-            summary.append((label, processes, readahead, [run["rank0"]["host"]["median"] for _, run in rounds],
+            summary.append((label, processes, readahead, sync, [run["rank0"]["host"]["median"] for _, run in rounds],
                             [run["rank0"]["host_cpu"]["median"] for _, run in rounds]))
     lines += ["", "Median over the rounds of rank 0's per-run medians (ms):", "",
-              "| code | processes | read-ahead | rounds | host critical path | host CPU |", "|---|---:|:---:|---:|---:|---:|"]
-    for label, processes, readahead, host, cpu in summary:
-        lines.append(f"| {label} | {processes} | {'on' if readahead else 'off'} | {len(host)} | "
+              "| code | processes | read-ahead | sync | rounds | host critical path | host CPU |",
+              "|---|---:|:---:|:---:|---:|---:|---:|"]
+    for label, processes, readahead, sync, host, cpu in summary:
+        lines.append(f"| {label} | {processes} | {'on' if readahead else 'off'} | {sync} | {len(host)} | "
                      f"{statistics.median(host):.2f} | {statistics.median(cpu):.2f} |")
     lines += ["", f"CPU: {', '.join(sorted(machines))}.", ""]
     args.output.parent.mkdir(parents=True, exist_ok=True)

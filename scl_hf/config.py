@@ -133,6 +133,12 @@ class SCLConfig(TrainingArguments):
     bank_top_k: int = field(
         default=5, metadata={"help": "Sparse layout: classes with the highest running average kept besides the observed one."}
     )
+    bank_sync: str = field(
+        default="epoch",
+        metadata={"help": "When reads wait for the bank's writes: 'epoch' (every read of an epoch sees every write of "
+                  "the epochs before it; one barrier at an epoch's first and last step) or 'step' (every write of "
+                  "the steps before it; a barrier every step, for samplers that repeat images within an epoch)."},
+    )
     # ----- base-loss options (scl_hf/losses/; None: the value of `dataset_defaults`, COCO's when that is unset)
     dataset_defaults: str | None = field(
         default=None,
@@ -272,6 +278,8 @@ class SCLConfig(TrainingArguments):
             raise ValueError("need 0 <= spatial_reliability_low < spatial_reliability_high <= 1 (AUC values)")
         if not 0.0 <= self.reliability_low < self.reliability_high <= 1.0:
             raise ValueError("need 0 <= reliability_low < reliability_high <= 1 (AUC values)")
+        if self.bank_sync not in ("epoch", "step"):
+            raise ValueError(f"bank_sync must be 'epoch' or 'step', got {self.bank_sync!r}")
         if self.bank_top_k < 1:
             raise ValueError(f"bank_top_k must be at least 1, got {self.bank_top_k}")
         for name in ("label_format", "labels_format"):

@@ -254,6 +254,7 @@ class SCLTrainer(Trainer):
             self.accelerator, self.bank_dir, self.expected_bank_header(), self.args.momentum,
             self.args.heatmap_momentum, resume_from=resume_from_checkpoint,
             snapshot_dir=Path(self.args.output_dir) if saving else None,
+            sync=self.args.bank_sync, steps_per_epoch=self.micro_batches_per_epoch(),
         )
         if self.map_hook is not None:  # cut and paste-back place the cells where this backbone centres them
             self.bank.cell_offset = self.map_hook.grid.offset_cells
@@ -293,13 +294,16 @@ class SCLTrainer(Trainer):
             self.bank.close(self.state.epoch or 0.0, self.state.global_step)
         return result
 
+    def micro_batches_per_epoch(self) -> int:
+        """Batches each process draws per epoch (accelerate's even batches: the same on every process)."""
+        per_batch = self.args.per_device_train_batch_size * max(self.args.world_size, 1)
+        rows = len(self.raw_train_dataset)
+        return max(rows // per_batch if self.args.dataloader_drop_last else math.ceil(rows / per_batch), 1)
+
     def planned_epochs(self) -> float:
         """Epochs this run will train: num_train_epochs, or max_steps over the steps of one epoch."""
         if self.args.max_steps and self.args.max_steps > 0:
-            world = max(self.args.world_size, 1)
-            per_step = self.args.per_device_train_batch_size * world * self.args.gradient_accumulation_steps
-            steps_per_epoch = max(len(self.raw_train_dataset) // per_step if self.args.dataloader_drop_last
-                                  else math.ceil(len(self.raw_train_dataset) / per_step), 1)
+            steps_per_epoch = max(self.micro_batches_per_epoch() // self.args.gradient_accumulation_steps, 1)
             return self.args.max_steps / steps_per_epoch
         return float(self.args.num_train_epochs)
 
@@ -413,7 +417,8 @@ class SCLTrainer(Trainer):
         if "index" not in inputs:
             raise ValueError("training batches must come from SCLTrainer's own dataloader (they carry the row index)")
         if self.bank is not None:  # read-ahead: the batch's rows load from the files while the forward runs
-            self.bank.prefetch(inputs, spatial=self.method.needs_heatmaps and self.bank_recording())
+            self.bank.prefetch(inputs, spatial=self.method.needs_heatmaps and self.bank_recording(),
+                               epoch=math.floor(self.state.epoch or 0.0))
         outputs = model(pixel_values=inputs["pixel_values"])
         logits = outputs.logits.float()
         class_maps = None

@@ -9,6 +9,7 @@
 - `shared.py`     `SharedBank`: the bank across processes — set up or resume, prefetch, read, write, save, close.
 """
 
+from .collectives import first_occurrence, gather_packed, pack_rows, row_gradient_mean, unpack_rows
 from .dense import SCLBank
 from .files import (
     BANK_FORMAT_VERSION,
@@ -29,15 +30,7 @@ from .files import (
     write_header,
 )
 from .layouts import LAYOUTS, create_bank, layout_class, open_bank, register_layout
-from .shared import (
-    BankRead,
-    SharedBank,
-    first_occurrence,
-    gather_packed,
-    pack_rows,
-    row_gradient_mean,
-    unpack_rows,
-)
+from .shared import BankRead, SharedBank
 from .snapshots import MANIFEST_NAME, SNAPSHOT_DIR, Snapshot, restore_snapshot, save_snapshot, verify_snapshot
 from .sparse import SparseSCLBank, assign_slots, slots_to_dense
 

@@ -5,14 +5,17 @@ the forward), `read` (a batch → its targets) and `write` (the batch's predicti
 checkpoint) → `close`. It owns everything that involves processes:
 the node-local check, who writes (each node's local main process; the others open the files read-only),
 the gather of the global batch, the de-duplication (within a step, and across steps: accelerate pads the
-last step of an epoch with rows of the first), the barrier that orders a step's writes before the next
-step's reads, and the per-process weights that make DDP's gradient average equal one process training on
-the global batch. The layouts (dense.py, sparse.py) know none of this. The protocol: docs/bank.md.
+last step of an epoch with rows of the first), the barriers that order writes before the reads that need them
+(`sync`: once per epoch, or every step), and the per-process weights that make DDP's gradient average equal
+one process training on the global batch. The layouts (dense.py, sparse.py) know none of this. The protocol:
+docs/bank.md.
 """
 
 from __future__ import annotations
 
 import uuid
+import warnings
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 from accelerate.utils import broadcast_object_list
 
+from .collectives import first_occurrence, gather_group, pack_rows, unpack_rows
 from .dense import pins_for, rows_to_device
 from .files import BankHeader, check_free_space
 from .layouts import open_bank
@@ -29,6 +33,13 @@ from .snapshots import Snapshot, restore_snapshot, save_snapshot
 from .worker import Worker
 
 ROW_ARRAYS = ("predictions", "seen", "stamps")  # every read; the layout's other arrays serve the spatial term
+SYNC_MODES = ("epoch", "step")
+MAX_PENDING_WRITES = 2  # writes a process may have in flight before its training thread waits for the oldest
+REPEAT_WARNING = (
+    "an image came back in the same epoch before its earlier write of that epoch was stored (a sampler that "
+    "repeats images?): with bank_sync='epoch' each image may appear once per epoch. Its second copy is not "
+    "stored; set bank_sync='step' for samplers that repeat images."
+)
 
 
 @dataclass
@@ -50,14 +61,23 @@ class SharedBank:
     """The bank of one run across the processes of `accelerator` (see the module docstring)."""
 
     def __init__(self, accelerator, store, header: BankHeader, momentum: float, heatmap_momentum: float,
-                 snapshot: Snapshot | None = None, group=None):
+                 snapshot: Snapshot | None = None, group=None, sync: str = "step", steps_per_epoch: int | None = None):
+        if sync not in SYNC_MODES:
+            raise ValueError(f"bank sync must be one of {SYNC_MODES}, got {sync!r}")
+        if sync == "epoch" and accelerator.num_processes > 1 and not steps_per_epoch:
+            raise ValueError("sync='epoch' with several processes needs steps_per_epoch (its last step is settled)")
         self.accelerator = accelerator
+        self.sync = sync  # "epoch": settle at each epoch's first and last step; "step": before every read
+        self.steps_per_epoch = steps_per_epoch  # reads (micro-batches) per epoch and process
+        self._epoch: int | None = None  # the epoch of the last read
+        self._reads = 0  # reads in that epoch so far
+        self._partial_epoch = snapshot is not None  # a resumed epoch: where it starts is not counted, so every step settles
         self.group = group  # the process group of the writes' all-gather, run on the writer thread (None: on this one)
         self.store = store  # the layout's bank object (SCLBank / SparseSCLBank), writable on the local main
         self.header = header
         self.momentum, self.heatmap_momentum = momentum, heatmap_momentum
         self.snapshot = snapshot
-        self._writer: Future | None = None  # this step's store, running on the writer thread while the backward does
+        self._pending: deque[Future] = deque()  # stores issued and not yet waited for, oldest first
         self._writer_thread: Worker | None = None  # the writer's one long-lived thread, started by the first write
         self._writer_error: BaseException | None = None
         self._unsettled = False  # a write was issued since the last barrier
@@ -71,10 +91,12 @@ class SharedBank:
     # ------------------------------------------------------------------ set up or resume
     @classmethod
     def setup(cls, accelerator, folder: str | Path, header: BankHeader, momentum: float, heatmap_momentum: float,
-              resume_from: str | None = None, snapshot_dir: str | Path | None = None) -> SharedBank:
+              resume_from: str | None = None, snapshot_dir: str | Path | None = None, sync: str = "step",
+              steps_per_epoch: int | None = None) -> SharedBank:
         """The local main process of every node makes its own copy — fresh, or restored from the checkpoint
         being resumed (checked against its checksums first) — and the node's other processes open it
-        read-only. `snapshot_dir`: where checkpoints go, counted in the free-space check."""
+        read-only. `snapshot_dir`: where checkpoints go, counted in the free-space check. `sync`, `steps_per_epoch`:
+        when reads wait for the writes (docs/bank.md, "Reads and writes")."""
         folder = Path(folder)
         check_node_local(accelerator, folder)
         snapshot = None
@@ -87,25 +109,49 @@ class SharedBank:
         accelerator.wait_for_everyone()
         if not accelerator.is_local_main_process:
             store = open_bank(folder, header, writable=False, create=False)
-        return cls(accelerator, store, header, momentum, heatmap_momentum, snapshot, gather_group(accelerator))
+        return cls(accelerator, store, header, momentum, heatmap_momentum, snapshot, gather_group(accelerator), sync,
+                   steps_per_epoch)
 
     @property
     def writable(self) -> bool:
         return self.store.writable
 
     # ------------------------------------------------------------------ per step
-    def prefetch(self, inputs: dict, spatial: bool = True) -> None:
+    def prefetch(self, inputs: dict, spatial: bool = True, epoch: int | None = None) -> None:
         """Start reading this batch's rows from the files on a thread (read-ahead), so that the reads overlap
         the forward pass; the next `read` of the same rows takes them. `spatial`: also the heatmap arrays
-        (when the step's read or write will need them). Exact whatever the writes in between: a row that a
-        write not yet settled now touches is read again after `settle` (readahead.py)."""
+        (when the step's read or write will need them). `epoch`: the step's epoch (with sync='epoch' a step that
+        settles does it here, before the rows are read). Exact whatever the writes in between: with
+        sync='step', a row that a write not yet settled now touches is read again after `settle` (readahead.py)."""
         self._drop_prefetch()
+        if self.sync == "epoch" and epoch is not None and self._settles(epoch):
+            self.settle()
         self._readahead = True
         self._reader = self._reader or reader()
         names = ROW_ARRAYS + (tuple(n for n in self.store.arrays if n not in ROW_ARRAYS) if spatial else ())
         indices = inputs.get("index_host", inputs["index"]).cpu()
         self._prefetch = Prefetch.start(self._reader, self.store, indices, names, self._log.settled,
                                         pins_for(inputs["index"].device))
+
+    def _settles(self, epoch: int) -> bool:
+        """Whether this step's read must wait for every earlier write (docs/bank.md, "Reads and writes"). With
+        sync='epoch': at an epoch's first step (the epochs before it), at its last (accelerate pads it with rows the
+        epoch already wrote: whether a row was written this epoch must not depend on timing), and at every step of
+        a resumed epoch (its position is not counted). Identical on every process: the barrier is collective."""
+        if self.sync == "step" or epoch != self._epoch or self._partial_epoch:
+            return True
+        return self._reads >= self.steps_per_epoch - 1 if self.steps_per_epoch else False
+
+    def _count_read(self, epoch: int) -> None:
+        if epoch != self._epoch:
+            if self._epoch is not None and not self._partial_epoch and self.steps_per_epoch \
+                    and self._reads != self.steps_per_epoch and self.sync == "epoch":
+                warnings.warn(f"the bank expected {self.steps_per_epoch} steps per epoch and saw {self._reads}: "
+                              "it settles every step from now on (bank_sync='step')", stacklevel=3)
+                self.sync = "step"
+            self._partial_epoch = self._partial_epoch and self._epoch is None
+            self._epoch, self._reads = epoch, 0
+        self._reads += 1
 
     def _take_prefetch(self, indices: torch.Tensor, device: torch.device) -> dict:
         """The prefetched rows of this batch, brought up to date and on `device`; {} when there are none (no
@@ -114,7 +160,8 @@ class SharedBank:
         if prefetch is None:
             return {}
         rows, wanted = prefetch.result(), indices.tolist()
-        written = self._log.written_since(prefetch.after)
+        # sync='epoch': a prefetch that could miss a write affecting its fresh rows began after a settle (prefetch)
+        written = self._log.written_since(prefetch.after) if self.sync == "step" else set()
         if written is None or prefetch.indices.tolist() != wanted:
             return {}
         refresh_stale(self.store, prefetch, wanted, written)
@@ -129,9 +176,13 @@ class SharedBank:
     @torch.no_grad()
     def read(self, inputs: dict, epoch: int, out_size: tuple[int, int] | None, device: torch.device) -> BankRead:
         """This process's rows: P̄ and counts, and (with `out_size`, the class maps' h × w) the heatmaps cut
-        under each view's crop. Every read of a step sees every write of the steps before it (docs/bank.md);
-        rows prefetched for this batch (`prefetch`) are used, those a later write touched read again."""
-        self.settle()
+        under each view's crop. With sync='step' every read sees every write of the steps before it; with
+        'epoch', every write of the epochs before (docs/bank.md). Rows prefetched for this batch are used."""
+        if self._settles(epoch):
+            if self.sync == "epoch" and self._unsettled:  # a prefetch begun before these writes landed: not used
+                self._drop_prefetch()
+            self.settle()
+        self._count_read(epoch)
         indices = inputs.get("index_host", inputs["index"])  # host indices: reading needs no sync
         cache = self._take_prefetch(indices, device)
         running, seen, stamps = self.store.rows_on(device, indices, "predictions", "seen", "stamps", cache=cache)
@@ -157,20 +208,29 @@ class SharedBank:
                                    cache=read.rows, cell_offset=self.cell_offset)  # this process's rows, on its device
         rows.update(indices=inputs["index"], fresh=read.fresh)
         seq = self._log.issue()
-        seq = seq if self._readahead else None  # record this write's rows for the read-ahead
+        seq = seq if self._readahead and self.sync == "step" else None  # record this write's rows for the read-ahead
         if self.group is not None:  # every process packs and gathers on its writer thread, in step order
-            self._writer = self._writer_worker().submit(self._gather_store, rows, epoch, seq)
-            self._unsettled = True
+            self._issued(self._writer_worker().submit(self._gather_store, rows, epoch, seq))
             return
         layout = None
         if self.accelerator.num_processes > 1:  # one collective for everything; only writers unpack (in the thread)
             packed, layout = pack_rows(rows)
             rows = self.accelerator.gather(packed)
         if self.store.writable:  # the de-dup and the device-to-host copy wait for the device: on the writer thread
-            self._writer = self._writer_worker().submit(self._store, rows, layout, epoch, seq)
-        elif seq is not None:  # a reader records the global batch's rows too, on the reader thread (a device copy)
+            self._issued(self._writer_worker().submit(self._store, rows, layout, epoch, seq))
+            return
+        if seq is not None:  # a reader records the global batch's rows too, on the reader thread (a device copy)
             self._recording = self._reader.submit(self._record, rows, layout, seq)
         self._unsettled = True
+
+    def _issued(self, store: Future) -> None:
+        """A store is on its way; more than MAX_PENDING_WRITES in flight and the oldest is waited for (with
+        sync='epoch' nothing else bounds how far the writer may fall behind)."""
+        self._pending.append(store)
+        self._unsettled = True
+        while len(self._pending) > MAX_PENDING_WRITES:
+            self._pending.popleft().result()
+            self._raise_writer_error()
 
     def _writer_worker(self) -> Worker:
         """The writer's one long-lived thread, started by the first write."""
@@ -188,6 +248,10 @@ class SharedBank:
                 self._log.record(seq, indices)
             keep = first_occurrence(indices)
             keep = keep[fresh[keep].bool()]
+            again = torch.from_numpy(self.store.arrays["stamps"][indices[keep].numpy()].astype("int64")) == epoch + 1
+            if again.any():  # read as fresh before its earlier write of the epoch was stored: never with sync='step'
+                warnings.warn(REPEAT_WARNING, stacklevel=1)
+                keep = keep[~again]
             self.store.store_rows(indices[keep], {k: v[keep] for k, v in rows.items()}, epoch)
         except BaseException as err:  # re-raised in the training thread by settle()
             self._writer_error = err
@@ -222,20 +286,22 @@ class SharedBank:
         reads what every earlier step wrote. A no-op when nothing was written since the last settle."""
         if not self._unsettled:
             return
-        if self._writer is not None:
-            self._writer.result()  # _store keeps its error for the raise below
-            self._writer = None
+        while self._pending:
+            self._pending.popleft().result()  # _store keeps its error for the raise below
         if self._recording is not None:
             self._recording.result()
             self._recording = None
         self._unsettled = False
         self._log.settled = self._log.issued
         self._log.forget_until(self._log.settled if self._prefetch is None else self._prefetch.after)
+        self._raise_writer_error()
+        if self.accelerator.num_processes > 1:
+            self.accelerator.wait_for_everyone()
+
+    def _raise_writer_error(self) -> None:
         if self._writer_error is not None:
             error, self._writer_error = self._writer_error, None
             raise RuntimeError("the bank's writer thread failed; the bank is marked dirty") from error
-        if self.accelerator.num_processes > 1:
-            self.accelerator.wait_for_everyone()
 
     def stored_predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every row's P̄ (N, C) and whether it was ever written (N,), after the last write: for statistics over
@@ -279,15 +345,6 @@ class SharedBank:
             self.store.mark(epoch, global_step)
 
 
-def gather_group(accelerator):
-    """A process group of its own for the writes' all-gather, which runs on the writer thread (created here,
-    collectively, on every process); None for one process, and on CUDA devices, where the gather stays on
-    the training thread (docs/bank.md: a collective on another thread would need its own CUDA stream)."""
-    if accelerator.num_processes == 1 or accelerator.device.type == "cuda":
-        return None
-    return torch.distributed.new_group(backend=torch.distributed.get_backend())
-
-
 def check_node_local(accelerator, folder: Path) -> None:
     """Each node's local main writes its own copy: two nodes sharing one bank folder would interleave writes."""
     acc = accelerator
@@ -307,61 +364,3 @@ def check_node_local(accelerator, folder: Path) -> None:
             f"bank_dir {folder} is shared by several nodes; each node must keep its own copy on "
             "node-local disk (docs/bank.md): set SCLConfig.bank_dir to a local path such as /tmp/scl_bank."
         )
-
-
-def pack_rows(tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list]:
-    """Several (B, ...) tensors of any dtypes as one (B, bytes) uint8 tensor, and what `unpack_rows` needs."""
-    names = sorted(tensors)
-    batch = len(tensors[names[0]])
-    parts, layout = [], []
-    for name in names:
-        tensor = tensors[name].contiguous()
-        part = tensor.reshape(batch, -1)
-        part = part.to(torch.uint8) if part.dtype == torch.bool else part.view(torch.uint8)
-        parts.append(part)
-        layout.append((name, tensor.dtype, tuple(tensor.shape[1:]), part.shape[1]))
-    return torch.cat(parts, dim=1), layout
-
-
-def unpack_rows(packed: torch.Tensor, layout: list, names: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
-    """The tensors `pack_rows` packed (`names`: only these, sliced before any copy)."""
-    out, start = {}, 0
-    for name, dtype, shape, width in layout:
-        start += width
-        if names is not None and name not in names:
-            continue
-        piece = packed[:, start - width:start].contiguous()
-        piece = piece.bool() if dtype == torch.bool else piece.view(dtype)
-        out[name] = piece.reshape(len(packed), *shape)
-    return out
-
-
-def gather_packed(accelerator, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """All-gather several (B, ...) tensors of any dtypes as one (B, bytes) uint8 tensor: one collective."""
-    packed, layout = pack_rows(tensors)
-    return unpack_rows(accelerator.gather(packed), layout)
-
-
-def first_occurrence(indices: torch.Tensor) -> torch.Tensor:
-    """Positions of the first occurrence of each distinct index (padding repeats rows across processes)."""
-    _, inverse = torch.unique(indices, return_inverse=True)
-    positions = torch.arange(len(indices), device=indices.device)
-    first = torch.full((int(inverse.max()) + 1 if len(indices) else 0,), len(indices), device=indices.device)
-    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
-    return first
-
-
-def row_gradient_mean(grad: torch.Tensor, indices: torch.Tensor, gather) -> torch.Tensor:
-    """DDP's mean of a per-image table's gradient (N, C) without an all-reduce of the whole table.
-
-    Only the rows of this step's batch have a gradient: each process sends those rows (B, C) with their
-    indices, and every process rebuilds Σ_p grad_p / P from the gathered rows. A row that occurs twice in a
-    process's batch is sent twice, each copy divided by its multiplicity, so the sum stays exact."""
-    indices = indices.long().reshape(-1)
-    multiplicity = (indices[:, None] == indices[None, :]).sum(1, keepdim=True).to(grad.dtype)
-    rows = grad[indices] / multiplicity
-    all_indices, all_rows = gather(indices.contiguous()), gather(rows.contiguous())
-    processes = len(all_indices) // max(len(indices), 1)
-    out = torch.zeros_like(grad)
-    out.index_put_((all_indices,), all_rows / processes, accumulate=True)
-    return out
