@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from transformers.utils import logging
 
 from .bank import BankHeader, BankRead, SharedBank, row_gradient_mean
+from .callbacks import _BankReliability, _EpochSync, _LossStateGrads
 from .config import SCLConfig
 from .losses import (
     BASE_LOSSES,
@@ -41,40 +42,7 @@ from .models import attach_class_maps, normalization_for
 from .transforms import EvalTransform, TrainTransform
 from .views import EvalViews, TrainViews, stack_batch
 
-
-class _EpochSync(TrainerCallback):
-    """Publishes the epoch to dataloader workers before each epoch's iterator is created."""
-
-    def __init__(self, epoch_ref: torch.Tensor):
-        self.epoch_ref = epoch_ref
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        # state.epoch is e + j/steps_in_epoch with j < steps_in_epoch mid-epoch (a resume) and exactly e at a
-        # boundary, so floor is exact; a "+ 1e-6" would round e + (n-1)/n up for epochs of over 10^6 steps
-        self.epoch_ref.fill_(math.floor(state.epoch or 0.0))
-
-
-class _LossStateGrads(TrainerCallback):
-    """Trainer zeroes only the model's gradients after a step: a loss state's parameters (ROLE) need it too."""
-
-    def __init__(self, trainer: SCLTrainer):
-        self.trainer = trainer
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        if self.trainer.loss_state is not None:
-            self.trainer.loss_state.zero_grad(set_to_none=True)
-
-
 logger = logging.get_logger(__name__)
-class _BankReliability(TrainerCallback):
-    """At each epoch's end, after its last bank write: how far each class's stored averages can be trusted."""
-
-    def __init__(self, trainer: SCLTrainer):
-        self.trainer = trainer
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        self.trainer.refresh_class_gate()
-
 
 LOSS_STATE_FILE = "scl_loss_state.safetensors"
 GATE_FILE = "scl_reliability.safetensors"
