@@ -42,4 +42,4 @@ class _BankReliability(TrainerCallback):
         self.trainer = trainer
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        self.trainer.refresh_class_gate()
+        self.trainer.reliability.refresh(self.trainer.bank, self.trainer.train_dataset.labels)

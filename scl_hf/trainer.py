@@ -31,21 +31,19 @@ from .losses import (
     crop_corrected_weights,
     expected_negatives_ignore,
     observed_one_hot,
-    observed_positive_auc,
     options_from_config,
-    reliability_gate,
     sharpen,
     spatial_consistency_loss,
 )
 from .metrics import make_compute_metrics
 from .models import attach_class_maps, normalization_for
+from .reliability_gate import GATE_FILE, ReliabilityGate  # noqa: F401  (GATE_FILE: re-exported)
 from .transforms import EvalTransform, TrainTransform
 from .views import EvalViews, TrainViews, stack_batch
 
 logger = logging.get_logger(__name__)
 
 LOSS_STATE_FILE = "scl_loss_state.safetensors"
-GATE_FILE = "scl_reliability.safetensors"
 FULL_LABELS_WARNING = "method='full' trains on the full labels: an upper bound, not single-positive learning"
 
 
@@ -137,7 +135,7 @@ class SCLTrainer(Trainer):
         self._loss_terms: dict[str, list[torch.Tensor]] = defaultdict(list)
         self.loss_options = options_from_config(args)
         self.loss_state = self._make_loss_state()
-        self.class_auc: torch.Tensor | None = None  # (C,) per-class reliability of the bank, set at epoch ends
+        self.reliability = ReliabilityGate(self.args, self.method, self.num_labels)
 
     # ------------------------------------------------------------------ per-image state of a base loss (baselines.py)
     def _make_loss_state(self) -> torch.nn.Module | None:
@@ -255,8 +253,8 @@ class SCLTrainer(Trainer):
         self.setup_bank(resume_from_checkpoint or None)
         if self.loss_state is not None and resume_from_checkpoint:
             self._restore_loss_state(resume_from_checkpoint)
-        if resume_from_checkpoint and self.uses_reliability_gate:
-            self._restore_class_auc(resume_from_checkpoint)
+        if resume_from_checkpoint and self.reliability.enabled:
+            self.reliability.restore(resume_from_checkpoint)
         result = super().train(resume_from_checkpoint or None, trial, ignore_keys_for_eval, **kwargs)
         if self.bank is not None:
             self.bank.close(self.state.epoch or 0.0, self.state.global_step)
@@ -311,8 +309,8 @@ class SCLTrainer(Trainer):
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.bank is not None:
             self.bank.save(folder, self.state.epoch or 0.0, self.state.global_step, self.args.should_save)
-        if self.uses_reliability_gate and self.args.should_save:
-            self._save_class_auc(folder)
+        if self.reliability.enabled and self.args.should_save:
+            self.reliability.save(folder)
         if self.loss_state is not None and self.args.should_save:
             from safetensors.torch import save_file
 
@@ -321,39 +319,18 @@ class SCLTrainer(Trainer):
             save_file(tensors, os.path.join(folder, LOSS_STATE_FILE))
         return super()._save_checkpoint(model, trial)
 
-    # ------------------------------------------------------------------ reliability of the bank (losses/reliability.py)
+    # ------------------------------------------------------------------ reliability of the bank (reliability_gate.py)
     @property
-    def uses_reliability_gate(self) -> bool:
-        return self.method.needs_heatmaps and self.args.reliability_gate
+    def class_auc(self) -> torch.Tensor | None:
+        """(C,) per-class reliability of the bank, set at epoch ends; None before the first."""
+        return self.reliability.class_auc
 
-    def refresh_class_gate(self) -> None:
-        """Per-class AUC of the stored averages at ranking each class's observed positives first (whole bank)."""
-        if self.bank is None or not self.uses_reliability_gate:
-            return
-        observed = self.train_dataset.labels.dense().bool()  # (N, C) observed positives (partial labels too)
-        scores, seen = self.bank.stored_predictions()
-        self.class_auc = observed_positive_auc(scores, observed, seen).float()
+    @class_auc.setter
+    def class_auc(self, value: torch.Tensor | None) -> None:
+        self.reliability.class_auc = value
 
     def class_gate(self, device: torch.device, spatial: bool = False) -> torch.Tensor:
-        """The gate of each class (of the spatial term's own thresholds with `spatial`), 0 until a first epoch of
-        the bank has been scored."""
-        if self.class_auc is None:
-            return torch.zeros(self.num_labels, device=device)
-        low, high = self.args.spatial_gate_thresholds if spatial else (self.args.reliability_low, self.args.reliability_high)
-        return reliability_gate(self.class_auc, low, high).to(device)
-
-    def _save_class_auc(self, folder: str) -> None:
-        from safetensors.torch import save_file
-
-        if self.class_auc is not None:
-            os.makedirs(folder, exist_ok=True)
-            save_file({"class_auc": self.class_auc.contiguous()}, os.path.join(folder, GATE_FILE))
-
-    def _restore_class_auc(self, checkpoint: str) -> None:
-        from safetensors.torch import load_file
-
-        path = os.path.join(checkpoint, GATE_FILE)
-        self.class_auc = load_file(path)["class_auc"] if os.path.isfile(path) else None
+        return self.reliability.gate(device, spatial)
 
     # ------------------------------------------------------------------ loss
     def consistency_active(self) -> bool:
@@ -430,7 +407,7 @@ class SCLTrainer(Trainer):
             ignore = ignore | (expected_negatives_ignore(targets, read.running, self.args.expected_negative_threshold)
                                & (read.seen > 0)[:, None])
         cell_weights = None if read is None or read.weights is None else read.weights * read.fresh[:, None, None]
-        gate = self.class_gate(logits.device) if self.uses_reliability_gate and active else None
+        gate = self.class_gate(logits.device) if self.reliability.enabled and active else None
         if cell_weights is not None and (self.args.crop_corrected_positive or self.args.crop_negative_threshold):
             positive_weights, crop_ignore = crop_corrected_weights(
                 targets, read.targets, cell_weights, self.args.crop_negative_threshold or None  # 0: off
@@ -473,9 +450,7 @@ class SCLTrainer(Trainer):
                     mean = self.accelerator.reduce(mean.to(self.accelerator.device), reduction="mean")
                 logs[name] = round(mean.item(), 6)
             self._loss_terms.clear()
-            if self.class_auc is not None:  # how far the bank is trusted (reliability gate)
-                logs["bank_auc"] = round(self.class_auc.mean().item(), 4)
-                logs["bank_gate"] = round(self.class_gate(torch.device("cpu")).mean().item(), 4)
+            logs.update(self.reliability.log_values())  # how far the bank is trusted, once scored
         super().log(logs, start_time)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
