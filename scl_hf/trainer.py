@@ -21,9 +21,10 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from transformers.utils import logging
 
-from .bank import BankHeader, BankRead, SharedBank, row_gradient_mean
+from .bank import BankHeader, BankRead, SharedBank
 from .callbacks import _BankReliability, _EpochSync, _LossStateGrads
 from .config import SCLConfig
+from .loss_state import LOSS_STATE_FILE, load_loss_state, make_loss_state, save_loss_state  # noqa: F401 (re-export)
 from .losses import (
     BASE_LOSSES,
     LossContext,
@@ -37,13 +38,12 @@ from .losses import (
 )
 from .metrics import make_compute_metrics
 from .models import attach_class_maps, normalization_for
-from .reliability_gate import GATE_FILE, ReliabilityGate  # noqa: F401  (GATE_FILE: re-exported)
+from .reliability_gate import GATE_FILE, ReliabilityGate  # noqa: F401 (GATE_FILE: re-export)
 from .transforms import EvalTransform, TrainTransform
 from .views import EvalViews, TrainViews, stack_batch
 
 logger = logging.get_logger(__name__)
 
-LOSS_STATE_FILE = "scl_loss_state.safetensors"
 FULL_LABELS_WARNING = "method='full' trains on the full labels: an upper bound, not single-positive learning"
 
 
@@ -137,23 +137,13 @@ class SCLTrainer(Trainer):
         self.loss_state = self._make_loss_state()
         self.reliability = ReliabilityGate(self.args, self.method, self.num_labels)
 
-    # ------------------------------------------------------------------ per-image state of a base loss (baselines.py)
+    # ------------------------------------------------------------------ per-image state of a base loss (loss_state.py)
     def _make_loss_state(self) -> torch.nn.Module | None:
-        """ROLE's estimates, LL-Cp's corrections, EM-APL's pseudo-negatives: N rows, kept out of the model."""
         make_state = self.method.info.make_state
         if make_state is None or self.raw_train_dataset is None:
             return None
         labels = self.train_dataset.labels.dense()  # (N, C) observed positives, checked by TrainViews
-        state = make_state(labels, self.num_labels, self.loss_options).to(self.args.device)
-        if self.accelerator.num_processes > 1:  # identical copies on every process, as the bank
-            state.gather = self.accelerator.gather
-            # DDP does not see these parameters: average their gradient over the processes, sending only the
-            # rows of this step's batch (not the N×C table: 26 MB a step on COCO, 5 GB on ImageNet)
-            rows = {}
-            state.register_forward_pre_hook(lambda _module, args: rows.update(indices=args[0]))
-            for parameter in state.parameters():
-                parameter.register_hook(lambda grad: row_gradient_mean(grad, rows["indices"], self.accelerator.gather))
-        return state
+        return make_loss_state(make_state, labels, self.num_labels, self.loss_options, self.args.device, self.accelerator)
 
     def create_optimizer(self, model=None):
         """The loss state's parameters train with the model, in their own group: lr × state.lr_multiplier."""
@@ -164,19 +154,6 @@ class SCLTrainer(Trainer):
             lr = self.args.learning_rate * getattr(self.loss_state, "lr_multiplier", 1.0)
             optimizer.add_param_group({"params": params, "lr": lr, "weight_decay": 0.0})
         return optimizer
-
-    def _restore_loss_state(self, checkpoint: str) -> None:
-        from safetensors.torch import load_file
-
-        path = os.path.join(checkpoint, LOSS_STATE_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{checkpoint} has no {LOSS_STATE_FILE}: method {self.args.method!r} keeps "
-                                    "per-image state that a resumed run needs; resume from a checkpoint of this method")
-        saved = load_file(path, device=str(self.args.device))
-        mismatched = {k: tuple(v.shape) for k, v in saved.items() if v.shape != self.loss_state.state_dict()[k].shape}
-        if mismatched:
-            raise ValueError(f"{path} holds state of another training set: shapes {mismatched}")
-        self.loss_state.load_state_dict(saved)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """As Trainer.evaluate; a plain `datasets.Dataset` (image + labels) is accepted and wrapped too."""
@@ -252,7 +229,7 @@ class SCLTrainer(Trainer):
         self.warn_if_terms_never_act()
         self.setup_bank(resume_from_checkpoint or None)
         if self.loss_state is not None and resume_from_checkpoint:
-            self._restore_loss_state(resume_from_checkpoint)
+            load_loss_state(self.loss_state, resume_from_checkpoint, self.args.method, self.args.device)
         if resume_from_checkpoint and self.reliability.enabled:
             self.reliability.restore(resume_from_checkpoint)
         result = super().train(resume_from_checkpoint or None, trial, ignore_keys_for_eval, **kwargs)
@@ -312,11 +289,7 @@ class SCLTrainer(Trainer):
         if self.reliability.enabled and self.args.should_save:
             self.reliability.save(folder)
         if self.loss_state is not None and self.args.should_save:
-            from safetensors.torch import save_file
-
-            os.makedirs(folder, exist_ok=True)
-            tensors = {k: v.detach().contiguous().cpu() for k, v in self.loss_state.state_dict().items()}
-            save_file(tensors, os.path.join(folder, LOSS_STATE_FILE))
+            save_loss_state(self.loss_state, folder)
         return super()._save_checkpoint(model, trial)
 
     # ------------------------------------------------------------------ reliability of the bank (reliability_gate.py)
