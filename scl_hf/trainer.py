@@ -39,6 +39,7 @@ from .losses import (
 from .metrics import make_compute_metrics
 from .models import attach_class_maps, normalization_for
 from .reliability_gate import GATE_FILE, ReliabilityGate  # noqa: F401 (GATE_FILE: re-export)
+from .trainer_hub import HubMixin
 from .transforms import EvalTransform, TrainTransform
 from .views import EvalViews, TrainViews, stack_batch
 
@@ -68,7 +69,7 @@ def resolve_model(model, model_init, seed: int):
 GLOO_DRAIN_SECONDS = 0.5
 
 
-class SCLTrainer(Trainer):
+class SCLTrainer(HubMixin, Trainer):
     """Trainer for single-positive multi-label learning with the (spatial) consistency losses.
 
     `train_dataset`: a `datasets.Dataset` with an image column and the observed labels of each row (one class
@@ -445,39 +446,3 @@ class SCLTrainer(Trainer):
         if prediction_loss_only:
             return loss, None, None
         return loss, logits, labels
-
-    # ------------------------------------------------------------------ release export and Hub (scl_hf.hub)
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Checkpoints keep Trainer's format (plus a token-free training_args.json); a user's call writes the
-        release folder of scl_hf.hub.export: safetensors, preprocessor config, model card, no pickles."""
-        from . import hub
-
-        if _internal_call:
-            super().save_model(output_dir, _internal_call=True)
-            if self.args.should_save:
-                hub.write_training_args(self.args, output_dir or self.args.output_dir)
-            return
-        hub.save_trainer_model(self, output_dir or self.args.output_dir)
-        if self.args.push_to_hub:
-            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
-
-    def create_model_card(self, **kwargs) -> None:
-        """README.md in output_dir from the scl_hf card template (method, data, mAP, configuration, citation)."""
-        from . import hub
-
-        if self.is_world_process_zero():
-            hub.trainer_model_card(self, **kwargs).save(os.path.join(self.args.output_dir, "README.md"))
-
-    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None,
-                    revision=None, private=None, **kwargs):
-        """Upload only the release files (never the bank, optimizer/rng state, checkpoints or pickles)."""
-        from . import hub
-
-        return hub.push_trainer(self, commit_message=commit_message, token=token, revision=revision,
-                                private=private, **kwargs)
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        """Trainer would upload output_dir as it is (the bank included): push the release files instead."""
-        if self.args.hub_strategy != "end":
-            self.push_to_hub(commit_message=f"Training in progress, step {self.state.global_step}")
-
