@@ -23,6 +23,7 @@ from transformers.utils import logging
 
 from .bank import BankHeader, BankRead, SharedBank
 from .callbacks import _BankReliability, _EpochSync, _LossStateGrads
+from .checks import check_bank_launch, check_one_process_per_gpu, off_grid_warning, terms_never_act_warning
 from .config import SCLConfig
 from .loss_state import LOSS_STATE_FILE, load_loss_state, make_loss_state, save_loss_state  # noqa: F401 (re-export)
 from .losses import (
@@ -85,13 +86,7 @@ class SCLTrainer(HubMixin, Trainer):
         if not isinstance(args, SCLConfig):
             raise TypeError("SCLTrainer needs an SCLConfig (it extends TrainingArguments with the method's options)")
         model = resolve_model(model, model_init, args.seed)
-        if args.n_gpu > 1:  # Trainer would wrap the model in nn.DataParallel: replicas share one map hook
-            raise ValueError(
-                f"SCLTrainer runs one process per device; this process sees {args.n_gpu} GPUs, for which Trainer "
-                "would use nn.DataParallel. Launch one process per GPU instead: `accelerate launch --multi_gpu "
-                f"--num_processes {args.n_gpu} your_script.py` (or torchrun), or pick one GPU with "
-                "CUDA_VISIBLE_DEVICES=0."
-            )
+        check_one_process_per_gpu(args.n_gpu)
         self.method = args.method_spec
         self.num_labels = model.config.num_labels
         id2label = {int(k): v for k, v in getattr(model.config, "id2label", {}).items()}
@@ -124,14 +119,9 @@ class SCLTrainer(HubMixin, Trainer):
         )
         self.model_accepts_loss_kwargs = False  # our loss is a mean per batch: let Trainer scale it for accumulation
         self.map_hook = attach_class_maps(self.model) if self.method.needs_class_maps else None
-        grid = self.map_hook.grid if self.map_hook is not None else None
-        if grid is not None and grid.offset_px and args.image_size % grid.stride_px:
-            fit = max(grid.stride_px, round(args.image_size / grid.stride_px) * grid.stride_px)
-            warnings.warn(
-                f"image_size={args.image_size} is not a multiple of the backbone's stride ({grid.stride_px} px): its "
-                f"class-map cells then do not tile the view and the bank's cut/paste-back place them approximately; "
-                f"use image_size={fit}", UserWarning, stacklevel=2,
-            )
+        off_grid = off_grid_warning(self.map_hook.grid if self.map_hook is not None else None, args.image_size)
+        if off_grid is not None:
+            warnings.warn(off_grid, UserWarning, stacklevel=2)
         self.bank: SharedBank | None = None
         self._loss_terms: dict[str, list[torch.Tensor]] = defaultdict(list)
         self.loss_options = options_from_config(args)
@@ -192,7 +182,7 @@ class SCLTrainer(HubMixin, Trainer):
         """The run's SharedBank — fresh, or restored from the checkpoint being resumed (docs/bank.md)."""
         if not (self.method.needs_predictions or self.method.needs_heatmaps):
             return None
-        self._check_distributed_setup()
+        check_bank_launch(self.accelerator, self.args, len(self.raw_train_dataset))
         saving = self.args.save_strategy != "no" and self.args.should_save
         self.bank = SharedBank.setup(
             self.accelerator, self.bank_dir, self.expected_bank_header(), self.args.momentum,
@@ -203,22 +193,6 @@ class SCLTrainer(HubMixin, Trainer):
         if self.map_hook is not None:  # cut and paste-back place the cells where this backbone centres them
             self.bank.cell_offset = self.map_hook.grid.offset_cells
         return self.bank
-
-    def _check_distributed_setup(self) -> None:
-        """What the bank cannot run under, refused before training with the setting to change."""
-        acc, processes = self.accelerator, self.accelerator.num_processes
-        if processes > 1 and not acc.even_batches:
-            raise ValueError(
-                "the bank needs even batches across processes (every process joins each step's gather): remove "
-                "accelerator_config={'even_batches': False} from SCLConfig, or set dataloader_drop_last=True."
-            )
-        global_batch = self.args.per_device_train_batch_size * processes
-        if processes > 1 and not self.args.dataloader_drop_last and len(self.raw_train_dataset) < global_batch:
-            raise ValueError(
-                f"{len(self.raw_train_dataset)} training images do not fill one global batch of {global_batch}: "
-                "accelerate would pad that step with its own rows. Use fewer processes, a smaller "
-                "per_device_train_batch_size, or dataloader_drop_last=True."
-            )
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         if self.raw_train_dataset is None:
@@ -253,15 +227,8 @@ class SCLTrainer(HubMixin, Trainer):
 
     def warn_if_terms_never_act(self) -> None:
         """A run no longer than the warm-up trains the base loss alone: say so rather than log no loss_scl."""
-        terms = sorted(self.method.terms)
-        epochs = self.planned_epochs()
-        if terms and epochs <= self.args.warmup_epochs + 1e-6:
-            message = (
-                f"method={self.args.method!r}: the consistency terms {terms} start after warmup_epochs="
-                f"{self.args.warmup_epochs:g}, but this run trains {epochs:g} epoch(s), so it trains the base loss "
-                f"{self.method.base!r} alone. Train longer or lower warmup_epochs (e.g. warmup_epochs="
-                f"{max(epochs - 1, 0):g})."
-            )
+        message = terms_never_act_warning(self.method, self.args, self.planned_epochs())
+        if message is not None:
             warnings.warn(message, UserWarning, stacklevel=3)
             logger.warning(message)
 
