@@ -236,13 +236,9 @@ class SCLTrainer(HubMixin, Trainer):
         """Wait for every process, let gloo's workers finish, then shut the process group down; call it last
         in a launched script (in a single process it only closes the trackers).
 
-        A gloo worker thread frees a finished collective's tensors just after the caller's wait returns, and
-        freeing a tensor that Python already dropped takes the GIL. If the interpreter is finalizing by then,
-        the thread is killed inside a destructor: "terminate called without an active exception", SIGABRT,
-        after all the work is written, and the launcher reports the run as failed (pytorch/pytorch#190489;
-        4 of 54 two-process launches here, 0 of 80 with the pause: docs/bank.md). `destroy_process_group`
-        alone does not help: DDP keeps the group, and its threads, alive until exit. Sleeping releases the
-        GIL so that the workers drain first.
+        Why the pause: a gloo worker that frees a finished collective's tensors while the interpreter finalizes
+        is killed in a destructor (SIGABRT after all the work is written: pytorch/pytorch#190489; 4 of 54
+        two-process launches here, 0 of 80 with it; docs/bank.md). Sleeping releases the GIL so they drain first.
         """
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             self.accelerator.wait_for_everyone()
