@@ -1,15 +1,14 @@
-"""The TrainerCallbacks that SCLTrainer installs: each hooks one of its duties to a point of Trainer's loop."""
+"""The TrainerCallbacks that SCLTrainer installs: each hooks one of its duties to a point of Trainer's loop.
+
+Those that take the trainer read its state when they fire (its loss state and bank are made after they are), and
+type it as a plain Trainer so that this module does not import the trainer that imports it."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
-from transformers import TrainerCallback
-
-if TYPE_CHECKING:
-    from .trainer import SCLTrainer
+from transformers import Trainer, TrainerCallback
 
 
 class _EpochSync(TrainerCallback):
@@ -27,7 +26,7 @@ class _EpochSync(TrainerCallback):
 class _LossStateGrads(TrainerCallback):
     """Trainer zeroes only the model's gradients after a step: a loss state's parameters (ROLE) need it too."""
 
-    def __init__(self, trainer: SCLTrainer):
+    def __init__(self, trainer: Trainer):
         self.trainer = trainer
 
     def on_optimizer_step(self, args, state, control, **kwargs):
@@ -38,7 +37,7 @@ class _LossStateGrads(TrainerCallback):
 class _BankReliability(TrainerCallback):
     """At each epoch's end, after its last bank write: how far each class's stored averages can be trusted."""
 
-    def __init__(self, trainer: SCLTrainer):
+    def __init__(self, trainer: Trainer):
         self.trainer = trainer
 
     def on_epoch_end(self, args, state, control, **kwargs):
