@@ -143,13 +143,15 @@ class SharedBank:
         return self._reads >= self.steps_per_epoch - 1 if self.steps_per_epoch else False
 
     def _count_read(self, epoch: int) -> None:
+        """Count this read in its epoch; at an epoch change, check the finished epoch's length (a whole one)."""
         if epoch != self._epoch:
-            if self._epoch is not None and not self._partial_epoch and self.steps_per_epoch \
-                    and self._reads != self.steps_per_epoch and self.sync == "epoch":
-                warnings.warn(f"the bank expected {self.steps_per_epoch} steps per epoch and saw {self._reads}: "
-                              "it settles every step from now on (bank_sync='step')", stacklevel=3)
-                self.sync = "step"
-            self._partial_epoch = self._partial_epoch and self._epoch is None
+            if self._epoch is not None:  # an epoch ended: the next one starts at its first step
+                whole = not self._partial_epoch
+                self._partial_epoch = False
+                if self.sync == "epoch" and whole and self.steps_per_epoch and self._reads != self.steps_per_epoch:
+                    warnings.warn(f"the bank expected {self.steps_per_epoch} steps per epoch and saw {self._reads}: "
+                                  "it settles every step from now on (bank_sync='step')", stacklevel=3)
+                    self.sync = "step"
             self._epoch, self._reads = epoch, 0
         self._reads += 1
 
@@ -248,10 +250,12 @@ class SharedBank:
                 self._log.record(seq, indices)
             keep = first_occurrence(indices)
             keep = keep[fresh[keep].bool()]
-            again = torch.from_numpy(self.store.arrays["stamps"][indices[keep].numpy()].astype("int64")) == epoch + 1
-            if again.any():  # read as fresh before its earlier write of the epoch was stored: never with sync='step'
-                warnings.warn(REPEAT_WARNING, stacklevel=1)
-                keep = keep[~again]
+            if self.sync == "epoch":  # with 'step' every read came after the epoch's earlier writes: fresh is exact
+                stamps = self.store.arrays["stamps"][indices[keep].numpy()]
+                again = torch.from_numpy(stamps.astype("int64")) == epoch + 1
+                if again.any():  # read as fresh before its earlier write of the epoch was stored
+                    warnings.warn(REPEAT_WARNING, stacklevel=1)
+                    keep = keep[~again]
             self.store.store_rows(indices[keep], {k: v[keep] for k, v in rows.items()}, epoch)
         except BaseException as err:  # re-raised in the training thread by settle()
             self._writer_error = err
