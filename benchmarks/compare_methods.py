@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from scl_hf.losses import BASE_LOSS_INFO, BASE_LOSSES
+from scl_hf.data import add_clip_scores
+from scl_hf.losses import BASE_LOSS_INFO, BASE_LOSSES, parse_method
 from scl_hf.recipes import (
     SyntheticBudget,
     budget_dict,
@@ -43,14 +44,15 @@ from scl_hf.recipes import (
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Every base loss alone, the consistency terms on AN, and compositions of baselines with a consistency term.
-# VLPL / AEVLP need a CLIP score column, and no CLIP checkpoint is at hand for the synthetic images: not rows here.
-DEFAULT_METHODS = ["full", *sorted(n for n in BASE_LOSSES if n != "full" and not BASE_LOSS_INFO[n].pseudo_labels),
+# VLPL / AEVLP read a CLIP score column: from --clip_model, or the stand-in of benchmarks/pretext_clip.py.
+DEFAULT_METHODS = ["full", *sorted(n for n in BASE_LOSSES if n != "full"),
                    "cl", "en", "scl",
                    "an-ls+scl", "wan+scl", "ll-r+scl", "em-apl+scl", "role+scl", "gr+scl", "hill+scl", "splc+scl",
-                   "boostlu+scl"]
+                   "boostlu+scl", "vlpl+scl", "aevlp+scl"]
 # The synthetic generator draws 1–4 objects per image uniformly: 2.5 positives per image on average. This is
 # the dataset statistic EPR and ROLE assume known (as Cole et al. take 2.9 for COCO), not read from any label.
 SYNTHETIC_OPTIONS = {"expected_positives": 2.5}
+CLIP_GRID = {"vlpl": 0, "aevlp": 4}  # regions each method reads: VLPL the whole image, AEVLP also a 4×4 grid
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time, each in its own process with cores/jobs torch threads (results do not "
                              "depend on it beyond float summation order)")
+    parser.add_argument("--clip_model", default=None,
+                        help="CLIPModel folder or hub name scoring the training images for vlpl / aevlp (default: the "
+                             "stand-in of benchmarks/pretext_clip.py, trained on first use)")
     return parser.parse_args(argv)
 
 
@@ -141,6 +146,17 @@ def target_check(table: dict[str, dict], rivals: tuple[str, ...] = ("ll-r", "em-
     return lines
 
 
+def clip_lines(runs: list[dict]) -> list[str]:
+    """One line per CLIP checkpoint the pseudo-label rows used, with its zero-shot quality where known."""
+    lines = []
+    for name in dict.fromkeys(r["clip_model"] for r in runs if "clip_model" in r):
+        quality = next((r.get("clip_zero_shot_mAP") for r in runs if r.get("clip_model") == name), None)
+        said = (f" (zero-shot mAP of its scores on held-out scenes: whole image {quality['whole_image']:.2f}, "
+                f"best 4×4 grid cell {quality['best_cell']:.2f})") if quality else ""
+        lines.append(f"VLPL / AEVLP pseudo-labels from {name}{said}.")
+    return lines
+
+
 def write_outputs(runs: list[dict], stem: Path, meta: dict, methods: list[str]) -> dict[str, dict]:
     save_runs(runs, stem.with_suffix(".json"), **meta)
     order = [m for m in methods if any(r["method"] == m for r in runs)]
@@ -158,6 +174,7 @@ def write_outputs(runs: list[dict], stem: Path, meta: dict, methods: list[str]) 
         "s/step is each run's wall time per step with other runs sharing the cores (rows ran at different loads);"
         " the cost of the terms is measured alternately in one process by benchmarks/overhead.py.",
         f"Written by benchmarks/compare_methods.py on {meta['machine']}, torch {meta['torch']}, {meta['written']}.",
+        *clip_lines(runs),
         "",
         markdown_table(table, reference="an" if "an" in table else None),
         "",
@@ -169,12 +186,38 @@ def write_outputs(runs: list[dict], stem: Path, meta: dict, methods: list[str]) 
     return table
 
 
-def train_one(method: str, seed: int, budget: SyntheticBudget, work_dir: str, quiet: bool) -> tuple[dict, float]:
+def needs_clip(method: str) -> str | None:
+    """The pseudo-label base loss of `method` (vlpl, aevlp), if it has one."""
+    base = parse_method(method).base
+    return base if BASE_LOSS_INFO[base].pseudo_labels else None
+
+
+def clip_model_for(methods: list[str], requested: str | None) -> tuple[str | None, dict]:
+    """The CLIP checkpoint the pseudo-label methods read, and what the meta records about it."""
+    if not any(needs_clip(m) for m in methods):
+        return None, {}
+    if requested:
+        return requested, {"clip_model": requested}
+    from pretext_clip import clip_stand_in  # benchmarks/pretext_clip.py, beside this script
+
+    folder = clip_stand_in()
+    report = json.loads((folder / "report.json").read_text())
+    return str(folder), {"clip_model": f"benchmarks/pretext_clip.py v{report['version']}",
+                         "clip_zero_shot_mAP": report["zero_shot_mAP_held_out"]}
+
+
+def train_one(method: str, seed: int, budget: SyntheticBudget, work_dir: str, quiet: bool,
+              clip_model: str | None = None) -> tuple[dict, float]:
     """One (method, seed) run from scratch in its own folder, removed afterwards; picklable for --jobs."""
     started = time.perf_counter()
     work = Path(work_dir) / f"{method}-seed{seed}"
     shutil.rmtree(work, ignore_errors=True)  # a folder left by an interrupted run holds a stale bank
-    run = run_method(method, seed, synthetic_data(budget, seed=seed), budget, work, quiet=quiet)
+    data = synthetic_data(budget, seed=seed)
+    base = needs_clip(method)
+    if base:  # the pseudo-labels are an input of training, computed once per image like the single positive
+        names = data["train"].features["label"].names
+        data["train"] = add_clip_scores(data["train"], names, clip_model, grid_size=CLIP_GRID[base])
+    run = run_method(method, seed, data, budget, work, quiet=quiet)
     run.pop("trainer")
     shutil.rmtree(work, ignore_errors=True)
     return run, time.perf_counter() - started
@@ -192,8 +235,11 @@ def main(argv=None) -> dict[str, dict]:
     meta = {"budget": budget_dict(budget), "machine": platform.platform(), "processor": platform.processor(),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
     todo = [(m, seed) for seed in args.seeds for m in args.methods if (m, seed) not in done]
+    clip_model, clip_meta = clip_model_for([m for m, _ in todo], args.clip_model)
 
     def finished(run: dict, seconds: float) -> None:
+        if needs_clip(run["method"]):
+            run.update(clip_meta)  # each run names the CLIP that scored its images
         runs.append(run)
         meta["written"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         write_outputs(runs, stem, meta, row_order)  # after every run: an interruption loses one run at most
@@ -201,14 +247,14 @@ def main(argv=None) -> dict[str, dict]:
 
     if args.jobs <= 1:
         for method, seed in todo:
-            finished(*train_one(method, seed, budget, args.work_dir, not args.progress))
+            finished(*train_one(method, seed, budget, args.work_dir, not args.progress, clip_model))
     else:
         threads = max(1, (os.cpu_count() or 1) // args.jobs)
         meta["threads"] = threads
         context = multiprocessing.get_context("spawn")  # no forked torch thread pools
         with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=torch.set_num_threads,
                                  initargs=(threads,)) as pool:
-            futures = [pool.submit(train_one, m, s, budget, args.work_dir, True) for m, s in todo]
+            futures = [pool.submit(train_one, m, s, budget, args.work_dir, True, clip_model) for m, s in todo]
             for future in as_completed(futures):
                 finished(*future.result())
     if not runs:
