@@ -24,7 +24,7 @@ _PUBLIC = {
     "export": ".hub",
     "load_checkpoint": ".hub",
     "push": ".hub",
-    "make_model_card": ".hub",
+    "make_model_card": ".model_card",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -376,12 +376,12 @@ def cmd_push(ns: argparse.Namespace) -> int:
 
 
 def cmd_card(ns: argparse.Namespace) -> int:
-    from . import hub
+    from .model_card import make_model_card
 
     folder = Path(ns.folder)
     if not (folder / "config.json").is_file():
         raise CLIError(f"{folder} is not a release folder (no config.json)")
-    card = hub.make_model_card(folder, repo_id=ns.repo_id)
+    card = make_model_card(folder, repo_id=ns.repo_id)
     if ns.write:
         card.save(folder / "README.md")
         print(f"wrote {folder / 'README.md'}")
