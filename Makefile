@@ -28,3 +28,5 @@ bench: $(VENV)/.installed  ## every table of the README's Benchmarks section (ab
 	$(PY) benchmarks/compare_methods.py --jobs 2 --epochs 10 --output benchmarks/results/compare_methods_10ep
 	$(PY) benchmarks/compare_methods.py --jobs 2 --seeds 3 4 --methods full an ll-r em-apl role scl role+scl \
 		--output benchmarks/results/compare_methods_heldout
+	$(PY) benchmarks/compare_methods.py --jobs 2 --epochs 10 --methods an scl vlpl aevlp vlpl+scl aevlp+scl \
+		--output benchmarks/results/compare_methods_clip

@@ -12,6 +12,8 @@ continues where it stopped; a JSON written under another budget is refused rathe
 
 Writes <output>.json (runs, per-method summary, budget, machine), <output>.md (mean ± std table) and
 <output>.png (bar chart with ±1 std error bars). "full" trains on the full labels: an upper bound.
+`vlpl` / `aevlp` read CLIP scores of the training images: from --clip_model, else from the stand-in that
+benchmarks/pretext_clip.py trains once (no CLIP checkpoint can be downloaded here).
 """
 
 from __future__ import annotations
