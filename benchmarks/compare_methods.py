@@ -36,6 +36,7 @@ from scl_hf.losses import BASE_LOSS_INFO, BASE_LOSSES, parse_method
 from scl_hf.recipes import (
     SyntheticBudget,
     budget_dict,
+    cpu_name,
     gap_closed,
     markdown_table,
     run_method,
@@ -175,7 +176,8 @@ def write_outputs(runs: list[dict], stem: Path, meta: dict, methods: list[str]) 
         "`full` trains on every true label: an upper bound, not single-positive learning.",
         "s/step is each run's wall time per step with other runs sharing the cores (rows ran at different loads);"
         " the cost of the terms is measured alternately in one process by benchmarks/overhead.py.",
-        f"Written by benchmarks/compare_methods.py on {meta['machine']}, torch {meta['torch']}, {meta['written']}.",
+        f"Written by benchmarks/compare_methods.py on {meta['machine']} ({meta.get('processor') or '?'}), "
+        f"torch {meta['torch']}, {meta['written']}.",
         *clip_lines(runs),
         "",
         markdown_table(table, reference="an" if "an" in table else None),
@@ -234,7 +236,7 @@ def main(argv=None) -> dict[str, dict]:
     runs = load_previous(stem.with_suffix(".json"), budget_dict(budget))
     row_order = list(dict.fromkeys([*DEFAULT_METHODS, *args.methods]))  # a partial rerun keeps the table's order
     done = {(r["method"], r["seed"]) for r in runs}
-    meta = {"budget": budget_dict(budget), "machine": platform.platform(), "processor": platform.processor(),
+    meta = {"budget": budget_dict(budget), "machine": platform.platform(), "processor": cpu_name(),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
     todo = [(m, seed) for seed in args.seeds for m in args.methods if (m, seed) not in done]
     clip_model, clip_meta = clip_model_for([m for m, _ in todo], args.clip_model)

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import torch
 
+from scl_hf.recipes import cpu_name
+
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = Path(os.environ.get("SCL_HF_CACHE", Path.home() / ".cache" / "scl_hf"))
 
@@ -243,14 +245,15 @@ def main(argv=None) -> list[dict]:
     todo = [(g, m, s) for s in args.seeds for g in args.regimes for m in args.methods
             if (g, m, s, json.dumps(overrides, sort_keys=True)) not in done]
     meta = {"regimes": definitions, "machine": platform.platform(),
-            "processor": platform.processor(), "torch": torch.__version__, "tiny": args.tiny}
+            "processor": cpu_name(), "torch": torch.__version__, "tiny": args.tiny}
 
     def write() -> None:
         meta["written"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
         stem.with_suffix(".md").write_text(
             "# The method across regimes (val chooses, test reports)\n\n"
-            f"Written by benchmarks/regimes.py on {meta['machine']}, torch {meta['torch']}, {meta['written']}.\n\n"
+            f"Written by benchmarks/regimes.py on {meta['machine']} ({meta['processor']}), torch {meta['torch']}, "
+            f"{meta['written']}.\n\n"
             + tables(runs))
 
     def finished(run: dict) -> None:
