@@ -316,17 +316,13 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
 
 def recorded_image_size(folder: Path) -> int:
-    """The input side a folder was trained/exported with: training_args.json, else its preprocessing config."""
-    for path in (folder / "training_args.json", folder.parent / "training_args.json"):
-        if path.is_file() and json.loads(path.read_text()).get("image_size"):
-            return int(json.loads(path.read_text())["image_size"])
-    config = json.loads((folder / "config.json").read_text())
-    if config.get("pretrained_cfg", {}).get("input_size"):
-        return int(config["pretrained_cfg"]["input_size"][-1])
-    proc = folder / "preprocessor_config.json"
-    if proc.is_file() and json.loads(proc.read_text()).get("size", {}).get("height"):
-        return int(json.loads(proc.read_text())["size"]["height"])
-    raise CLIError(f"{folder} does not record its image size: pass --image_size")
+    """The input side a folder was trained/exported with (scl_hf.hub.recorded_image_size), or a CLI error."""
+    from .hub import recorded_image_size as recorded
+
+    try:
+        return recorded(folder)
+    except ValueError as e:
+        raise CLIError(f"{e}: pass --image_size") from e
 
 
 def resolve_checkpoint(source: Path) -> Path:

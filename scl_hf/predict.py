@@ -98,12 +98,12 @@ def _open(item) -> Image.Image:
 
 def input_side(folder: Path) -> int:
     """The side the model was trained/exported with (training_args.json, timm's input_size, the processor)."""
-    from .cli import CLIError, recorded_image_size
+    from .hub import recorded_image_size
 
     try:
         return recorded_image_size(folder)
-    except CLIError as e:
-        raise ValueError(f"{e}") from e
+    except ValueError as e:
+        raise ValueError(f"{e}: pass image_size (--image_size on the command line)") from e
 
 
 def predict(images: list, model_dir: str | Path, threshold: float = 0.5, image_size: int | None = None,

@@ -292,3 +292,24 @@ def test_trainer_save_and_push_send_release_files_only(tmp_path, monkeypatch, ti
     assert b"value: 42.0" in fake.commits[0]["files"]["README.md"]
     trainer.create_model_card()
     assert "someone/scl-run" in (Path(args.output_dir) / "README.md").read_text()
+
+
+def test_recorded_image_size_reads_the_folder_in_order_and_names_the_fix(tmp_path):
+    from scl_hf.cli import CLIError
+    from scl_hf.cli import recorded_image_size as cli_recorded
+
+    folder = tmp_path / "release"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architectures": ["TimmWrapperForImageClassification"]}))
+    with pytest.raises(ValueError, match="does not record its image size"):
+        hub.recorded_image_size(folder)
+    with pytest.raises(CLIError, match="pass --image_size"):
+        cli_recorded(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"size": {"height": 224, "width": 224}}))
+    assert hub.recorded_image_size(folder) == 224
+    (folder / "config.json").write_text(json.dumps({"pretrained_cfg": {"input_size": [3, 160, 160]}}))
+    assert hub.recorded_image_size(folder) == 160
+    (tmp_path / "training_args.json").write_text(json.dumps({"image_size": 96}))  # a checkpoint's parent run
+    assert hub.recorded_image_size(folder) == 96
+    (folder / "training_args.json").write_text(json.dumps({"image_size": 448}))
+    assert hub.recorded_image_size(str(folder)) == 448 == cli_recorded(folder)
