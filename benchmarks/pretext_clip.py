@@ -136,14 +136,13 @@ def build_clip(folder: Path, spec: dict, class_names: list[str]):
 def zero_shot_map(model_dir: Path, dataset, grid_size: int = 4) -> dict[str, float]:
     """mAP of the prompt "a photo of a {}." on whole images and on the best of the g×g grid cells (add_clip_scores)."""
     from scl_hf.data import add_clip_scores
+    from scl_hf.labels import read_labels
     from scl_hf.metrics import mean_average_precision
 
     names = dataset.features["labels"].feature.names
     scored = add_clip_scores(dataset, names, str(model_dir), grid_size=grid_size)
     scores = np.asarray(scored["clip_scores"], dtype=np.float32)
-    targets = np.zeros((len(dataset), len(names)), np.int8)
-    for i, labels in enumerate(dataset["labels"]):
-        targets[i, labels] = 1
+    targets = read_labels(dataset, "labels", len(names), role="evaluation").dense().numpy()
     return {"whole_image": mean_average_precision(scores[:, 0], targets),
             "best_cell": mean_average_precision(scores[:, 1:].max(1), targets)}
 

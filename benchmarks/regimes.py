@@ -42,8 +42,6 @@ from pathlib import Path
 
 import torch
 
-from scl_hf.recipes import cpu_name
-
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = Path(os.environ.get("SCL_HF_CACHE", Path.home() / ".cache" / "scl_hf"))
 
@@ -244,6 +242,8 @@ def main(argv=None) -> list[dict]:
     done = {run_key(r) for r in runs}
     todo = [(g, m, s) for s in args.seeds for g in args.regimes for m in args.methods
             if (g, m, s, json.dumps(overrides, sort_keys=True)) not in done]
+    from scl_hf.recipes import cpu_name  # scl_hf loads where a run needs it, not at --help
+
     meta = {"regimes": definitions, "machine": platform.platform(),
             "processor": cpu_name(), "torch": torch.__version__, "tiny": args.tiny}
 

@@ -190,14 +190,14 @@ def recorded_image_size(folder: str | Path) -> int:
     """The input side a folder was trained/exported with: training_args.json, else its preprocessing config."""
     folder = Path(folder)
     for path in (folder / "training_args.json", folder.parent / "training_args.json"):
-        if path.is_file() and _read_json(path).get("image_size"):
-            return int(_read_json(path)["image_size"])
+        if path.is_file() and (size := _read_json(path).get("image_size")):
+            return int(size)
     config = _read_json(folder / "config.json")
     if config.get("pretrained_cfg", {}).get("input_size"):
         return int(config["pretrained_cfg"]["input_size"][-1])
     proc = folder / "preprocessor_config.json"
-    if proc.is_file() and _read_json(proc).get("size", {}).get("height"):
-        return int(_read_json(proc)["size"]["height"])
+    if proc.is_file() and (size := _read_json(proc).get("size", {}).get("height")):
+        return int(size)
     raise ValueError(f"{folder} does not record its image size")
 
 
