@@ -11,6 +11,11 @@ Regimes (each with its own fully labelled validation split, kept apart from test
   objects among distractors on photographs; resnet10t from scratch, 96 px, AdamW lr 2e-3, weight decay 1e-4,
   batch 32, 15 epochs, linear schedule, every other option at its default — a budget in which AN is far
   from converged (the recipe of the project's held-out check).
+- `clutter10`: the clutter generator with 10 classes (ten shapes of one colour family among distractors of
+  the same shapes in other colours: colour, not shape, tells a class from a distractor), objects 0.14–0.26 of
+  the image, up to 4 per scene; the held-out check's recipe as it is (resnet10t from scratch, 96 px, AdamW lr
+  2e-3, 15 epochs, every other option at its default). AN ends near the held-out check's level (45 test mAP,
+  training loss 0.22 against 0.33 for a constant prediction): a network that learns, slowly, on few classes.
 - `digits`: real handwritten digits (UCI, shipped with scikit-learn; 0.24–0.4 of the image, up to 4 per scene,
   0–2 clutter strokes) composed over photographs, 10 classes, 1,200 single-positive training images; resnet10t
   from scratch, 96 px, AdamW lr 2e-3, weight decay 1e-4, batch 32, 15 epochs, every other option at its
@@ -66,12 +71,14 @@ class Regime:
 
 
 DIGIT_LAYOUT = {"object_size": (0.24, 0.4), "max_objects": 4, "distractors": (0, 2)}
+TEN_CLASS_LAYOUT = {"num_classes": 10, "object_size": (0.14, 0.26), "max_objects": 4}
 REGIMES: dict[str, Regime] = {
     "shapes": Regime("shapes", "resnet18", 64, 20, 1e-3, lr_scheduler_type="cosine", warmup_steps=0.05,
                      model_kwargs={"output_stride": 16}, data_kwargs={"source_size": 96},
                      extra={"bank_size": 8, "expected_positives": 2.5}),
     "clutter": Regime("clutter", "resnet10t", 96, 15, 2e-3, extra={"expected_positives": 2.0}),
     "digits": Regime("digits", "resnet10t", 96, 15, 2e-3, data_kwargs=DIGIT_LAYOUT),
+    "clutter10": Regime("clutter", "resnet10t", 96, 15, 2e-3, data_kwargs=TEN_CLASS_LAYOUT),
     "digits-pretrained": Regime("digits", "resnet10t", 128, 10, 1e-4, batch_size=16, lr_scheduler_type="constant",
                                 weight_decay=0.0, init="pretext", data_kwargs=DIGIT_LAYOUT,
                                 extra={"expected_positives": 2.0}),
