@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 from scl_hf.bank import BankHeader, SCLBank, header_nbytes, open_bank, restore_snapshot, save_snapshot
 
@@ -46,13 +47,11 @@ def machine(folder: Path) -> dict:
     import torchvision
     import transformers
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
     mem = {line.split(":")[0]: line.split(":")[1].strip() for line in Path("/proc/meminfo").read_text().splitlines()}
     mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
     fs = max((m for m in mounts if str(folder.resolve()).startswith(m[1])), key=lambda m: len(m[1]), default=["?"] * 3)
     return {
-        "cpu": cpu, "usable_cpus": len(os.sched_getaffinity(0)), "ram_total": mem.get("MemTotal"),
+        "cpu": cpu_name(), "usable_cpus": len(os.sched_getaffinity(0)), "ram_total": mem.get("MemTotal"),
         "ram_available": mem.get("MemAvailable"), "disk_free_gb": round(shutil.disk_usage(folder).free / 1e9, 1),
         "filesystem": f"{fs[2]} on {fs[1]}", "platform": platform.platform(), "python": platform.python_version(),
         "numpy": np.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,

@@ -26,6 +26,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 from scl_hf.data.coco import COCO_CATEGORY_IDS, COCO_CLASS_NAMES, load_coco
 
@@ -99,11 +100,10 @@ def write_instances(path: Path, part: str, counts: dict, seed: int) -> None:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line), "?")
     mem = next((line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal")), "0")
     libs = ["datasets", "pyarrow", "numpy", "pycocotools", "Pillow"]
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "logical_cores": os.cpu_count(),
         "affinity_cores": len(os.sched_getaffinity(0)),
         "memory_gib": round(int(mem) / 2**20, 1),

@@ -30,13 +30,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 from scl_hf.data import add_clip_scores
 from scl_hf.losses import BASE_LOSS_INFO, BASE_LOSSES, parse_method
 from scl_hf.recipes import (
     SyntheticBudget,
     budget_dict,
-    cpu_name,
     gap_closed,
     markdown_table,
     run_method,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import sklearn
+from machine import cpu_name  # benchmarks/machine.py, beside this script
 from sklearn.metrics import average_precision_score
 
 from scl_hf.metrics import average_precision_per_class
@@ -95,12 +96,6 @@ def summarise(seconds: list[float]) -> dict:
 
 
 def machine_description() -> dict:
-    cpu_model = "unknown"
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
     versions = {
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -121,7 +116,7 @@ def machine_description() -> dict:
         versions["torchmetrics"] = None
     return {
         "platform": platform.platform(),
-        "cpu_model": cpu_model,
+        "cpu_model": cpu_name(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_default_threads": torch_threads,

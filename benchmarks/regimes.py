@@ -249,7 +249,7 @@ def main(argv=None) -> list[dict]:
     done = {run_key(r) for r in runs}
     todo = [(g, m, s) for s in args.seeds for g in args.regimes for m in args.methods
             if (g, m, s, json.dumps(overrides, sort_keys=True)) not in done]
-    from scl_hf.recipes import cpu_name  # scl_hf loads where a run needs it, not at --help
+    from machine import cpu_name  # benchmarks/machine.py; loaded where a run needs it, not at --help
 
     meta = {"regimes": definitions, "machine": platform.platform(),
             "processor": cpu_name(), "torch": torch.__version__, "tiny": args.tiny}

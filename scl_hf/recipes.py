@@ -120,16 +120,5 @@ def save_runs(runs: list[dict], path: str | Path, **meta) -> Path:
     return path
 
 
-def cpu_name() -> str:
-    """The CPU model (platform.processor() is empty on most Linux builds): benchmark tables name their machine."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def budget_dict(budget: SyntheticBudget) -> dict:
     return asdict(budget)

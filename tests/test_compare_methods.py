@@ -1,7 +1,9 @@
-"""benchmarks/compare_methods.py: the gap/target arithmetic by hand, and a tiny real run that resumes from its JSON."""
+"""benchmarks/compare_methods.py: the gap/target arithmetic by hand, a tiny real run that resumes from its JSON,
+and the CPU name of benchmarks/machine.py that its tables record."""
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,10 +11,12 @@ from PIL import Image
 
 from scl_hf.recipes import gap_closed, markdown_table
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_methods.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPT = BENCHMARKS / "compare_methods.py"
 
 
 def load_script():
+    sys.path.insert(0, str(BENCHMARKS))  # compare_methods imports machine.py beside it
     spec = importlib.util.spec_from_file_location("compare_methods", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -26,6 +30,21 @@ def row(mean: float) -> dict:
 
 TABLE = {"full": row(100.0), "an": row(80.0), "ll-r": row(85.0), "em-apl": row(93.0), "scl": row(92.0),
          "role+scl": row(95.0), "ll-r+scl": row(88.0)}
+
+
+def test_cpu_name_is_the_model_name_line_of_proc_cpuinfo():
+    sys.path.insert(0, str(BENCHMARKS))
+    from machine import cpu_name
+
+    name = cpu_name()
+    assert isinstance(name, str) and name
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return  # no /proc/cpuinfo: the platform fallback, non-empty, is all there is to check
+    models = [line.partition(":")[2].strip() for line in lines if line.startswith("model name")]
+    if models:
+        assert name == models[0]
 
 
 def test_gap_closed_by_hand():
