@@ -68,3 +68,14 @@ def test_table_gives_each_method_its_share_of_the_an_to_full_gap_per_seed():
     rows = {line.split(" | ")[0]: line for line in script.tables(runs).splitlines() if line.startswith("| ")}
     assert rows["| scl"].endswith("| 75 % (seeds [0, 1]) |")  # (50 % + 100 %) / 2
     assert rows["| an"].endswith("| 0 % (seeds [0, 1]) |") and rows["| full"].endswith("| 100 % (seeds [0, 1]) |")
+
+
+def test_clutter10_is_the_clutter_generator_with_ten_classes_of_one_colour_family(tmp_path, monkeypatch):
+    script = load_script()
+    monkeypatch.setattr(script, "CACHE", tmp_path)
+    data = script.regime_data(script.REGIMES["clutter10"], seed=0, tiny=True)
+    names = data["train"].features["label"].names
+    assert len(names) == 10 and all(name.startswith("red_") for name in names)
+    assert {split: len(data[split]) for split in ("train", "validation", "test")} == {
+        "train": script.TINY["num_train"], "validation": script.TINY["num_validation"], "test": script.TINY["num_test"]}
+    assert script.REGIMES["clutter10"].extra == {}  # the held-out check's recipe: every option at its default
