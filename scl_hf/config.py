@@ -27,10 +27,12 @@ from .losses import (
 class SCLConfig(TrainingArguments):
     # ----- method
     method: str = field(
-        default="scl",
+        default="role+scl",
         metadata={
-            "help": "Loss: a base loss (an, ...) and/or consistency terms joined by '+': 'an', 'cl', 'en', 'scl', "
-            "'cl+scl', 'll-r+scl'. A lone term means 'an' + that term."
+            "help": "Loss: a base loss (an, role, ...) and/or consistency terms joined by '+': 'an', 'cl', 'en', "
+            "'scl', 'cl+scl', 'll-r+scl'. A lone term means 'an' + that term. Default 'role+scl': ROLE's per-image "
+            "label estimates with the gated spatial term, chosen on the validation splits of five regimes "
+            "(docs/method.md); 'scl' is the paper's method on 'assume negative' (no N×C table: ImageNet-size data)."
         },
     )
     consistency_weight: float = field(
