@@ -5,6 +5,7 @@ run needs them (baselines.py defines each state)."""
 from __future__ import annotations
 
 import os
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,12 +18,23 @@ if TYPE_CHECKING:
     from .losses.registry import StateFactory
 
 LOSS_STATE_FILE = "scl_loss_state.safetensors"
+#: above this many bytes of trainable state (its values and Adam's two moments) a run is told what it costs
+LARGE_STATE_BYTES = 2 * 2**30
 
 
 def make_loss_state(make_state: StateFactory, labels: torch.Tensor, num_classes: int, options: dict,
                     device: torch.device, accelerator: Accelerator) -> torch.nn.Module:
     """The state of `labels` (N, C), the observed positives, on `device`; shared over the processes."""
     state = make_state(labels, num_classes, options).to(device)
+    trained = 3 * sum(p.numel() * p.element_size() for p in state.parameters())  # values + Adam's two moments
+    if trained > LARGE_STATE_BYTES:
+        warnings.warn(f"this method keeps {trained / 2**30:.1f} GiB of per-image state ({len(labels)} images × "
+                      f"{num_classes} classes, with Adam's moments) on every process; for data this large use "
+                      "method='scl', whose bank lives in a memory-mapped file", stacklevel=2)
+    return _shared(state, accelerator)
+
+
+def _shared(state: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:
     if accelerator.num_processes > 1:  # identical copies on every process, as the bank
         state.gather = accelerator.gather
         # DDP does not see these parameters: average their gradient over the processes, sending only the

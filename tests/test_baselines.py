@@ -221,6 +221,23 @@ def test_role_initialisation_follows_cole_et_al():
     torch.testing.assert_close(state.logits, LabelEstimates(torch.tensor([2, 0]), 4, {"seed": 1}).logits)
 
 
+def test_a_per_image_table_too_large_for_memory_is_named_with_its_size_and_the_alternative(monkeypatch):
+    import warnings
+
+    from accelerate import Accelerator
+
+    from scl_hf import loss_state
+
+    labels, accelerator = torch.tensor([2, 0, 1]), Accelerator(cpu=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a table of this size says nothing
+        loss_state.make_loss_state(LabelEstimates, labels, 4, {}, torch.device("cpu"), accelerator)
+    monkeypatch.setattr(loss_state, "LARGE_STATE_BYTES", 3 * 3 * 4 * 4 - 1)  # 3 × 4 float32, values + 2 moments
+    with pytest.warns(UserWarning, match=r"3 images × 4 classes.*method='scl'"):
+        state = loss_state.make_loss_state(LabelEstimates, labels, 4, {}, torch.device("cpu"), accelerator)
+    assert state.logits.shape == (3, 4)  # the run goes on
+
+
 # ----------------------------------------------------------------------------- EM + APL
 
 
