@@ -176,7 +176,7 @@ def test_protocol_defaults_and_overrides(examples_on_path, tmp_path):
     )
     assert (model_args.model_name, model_args.pretrained) == ("resnet50", True)
     assert (args.method, args.image_size, args.num_train_epochs, args.per_device_train_batch_size) == (
-        "scl", 448, 10, 8
+        "role+scl", 448, 10, 8
     )
     assert (args.learning_rate, args.weight_decay, args.optim.value) == (1e-5, 0.0, "adamw_torch")
     assert args.lr_scheduler_type.value == "constant"
@@ -236,7 +236,7 @@ def test_imagenet_defaults(examples_on_path, tmp_path):
     parse = train_imagenet.parse_arguments
     defaults, adjust = train_imagenet.IMAGENET_DEFAULTS, train_imagenet.adjust_defaults
     _, _, args = parse(train_imagenet.ImageNetArguments, base, defaults, adjust)
-    assert (args.image_size, args.bank_size) == (224, 7)
+    assert (args.image_size, args.bank_size, args.method) == (224, 7, "scl")  # no N×C table at ImageNet size
     assert args.eval_strategy.value == "no" and not args.load_best_model_at_end
     if common.has_config_field("bank_layout"):
         assert args.bank_layout == "sparse"
