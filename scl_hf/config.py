@@ -31,7 +31,7 @@ class SCLConfig(TrainingArguments):
         metadata={
             "help": "Loss: a base loss (an, role, ...) and/or consistency terms joined by '+': 'an', 'cl', 'en', "
             "'scl', 'cl+scl', 'll-r+scl'. A lone term means 'an' + that term. Default 'role+scl': ROLE's per-image "
-            "label estimates with the gated spatial term, chosen on the validation splits of five regimes "
+            "label estimates with the gated spatial term, chosen on the validation splits of four from-scratch regimes "
             "(docs/method.md); 'scl' is the paper's method on 'assume negative' (no N×C table: ImageNet-size data)."
         },
     )

@@ -31,10 +31,6 @@ def make_loss_state(make_state: StateFactory, labels: torch.Tensor, num_classes:
         warnings.warn(f"this method keeps {trained / 2**30:.1f} GiB of per-image state ({len(labels)} images × "
                       f"{num_classes} classes, with Adam's moments) on every process; for data this large use "
                       "method='scl', whose bank lives in a memory-mapped file", stacklevel=2)
-    return _shared(state, accelerator)
-
-
-def _shared(state: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:
     if accelerator.num_processes > 1:  # identical copies on every process, as the bank
         state.gather = accelerator.gather
         # DDP does not see these parameters: average their gradient over the processes, sending only the
