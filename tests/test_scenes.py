@@ -43,6 +43,9 @@ def test_digit_scenes_keep_the_test_scans_apart():
     assert data["train"].features["label"].names == [str(d) for d in range(10)]
     assert all(1 <= len(labels) <= 3 for labels in data["test"]["labels"])
     pools = digit_scan_pools(1797, seed=1)
-    assert not set(pools["train"]) & set(pools["test"]) and len(pools["train"]) + len(pools["test"]) == 1797
+    train, validation, test = (set(pools[split].tolist()) for split in ("train", "validation", "test"))
+    assert not train & test and not train & validation and not validation & test
+    assert len(train) + len(validation) + len(test) == 1797 and min(len(validation), len(test)) > 250
+    assert (pools["train"] == np.random.default_rng(1).permutation(1797)[:1258]).all()  # the pool of SCENES_VERSION 1
     with pytest.raises(ValueError, match="exactly 10 classes"):
         make_digit_scenes(num_train=2, num_validation=1, num_test=1, spec=SceneSpec(num_classes=12))

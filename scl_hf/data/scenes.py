@@ -9,7 +9,7 @@ generators compose objects into multi-object scenes with what the shapes set lac
   objects of no class, and backgrounds cut from real photographs (scikit-learn's sample images).
 - `make_digit_scenes`: real handwritten digits (scikit-learn's copy of the UCI digits, 1,797 scans),
   inked in random colours over photographic backgrounds with clutter strokes; the digit scans of the test
-  split are disjoint from those of training and validation.
+  and of the validation split are disjoint from training's and from each other.
 
 Both return train / validation / test with the columns of `make_synthetic` (image, label, labels,
 boxes); the single positive is drawn with Cole et al.'s RandomState rule. Everything is generated
@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 
 from .synthetic import _POLYGONS, _features, sample_single_positive
 
-SCENES_VERSION = 1
+SCENES_VERSION = 2  # 2: digit validation scans apart from training
 _SHAPES = ["circle", "square", "triangle", "diamond", "cross", "ring", "star", "bar", "pentagon", "hexagon",
            "halfmoon", "hourglass"]
 _FAMILIES = {  # colour families: a class is a shape in one family; jitter inside the family
@@ -206,11 +206,16 @@ def _render_digits(rng, spec: SceneSpec, frequencies, contexts, photos, scans, s
     return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8)), classes, boxes
 
 
-def digit_scan_pools(num_scans: int, seed: int, test_share: float = 0.3) -> dict[str, np.ndarray]:
-    """Which digit scans each split draws from: the test split's scans are never seen in training."""
+def digit_scan_pools(num_scans: int, seed: int, held_out_share: float = 0.3) -> dict[str, np.ndarray]:
+    """Which digit scans each split draws from. Validation and test each draw from scans never seen in training
+    and disjoint from each other, so that validation measures what test measures (recognising new handwriting)
+    rather than memorised scans. The training pool is the same as when validation shared it (SCENES_VERSION 1),
+    so a seed trains on the same images as before."""
     order = np.random.default_rng(seed).permutation(num_scans)
-    cut = int(round((1 - test_share) * num_scans))
-    return {"train": order[:cut], "validation": order[:cut], "test": order[cut:]}
+    cut = int(round((1 - held_out_share) * num_scans))
+    held_out = order[cut:]
+    half = len(held_out) // 2
+    return {"train": order[:cut], "validation": held_out[:half], "test": held_out[half:]}
 
 
 def _split(rows, names: list[str], sampling_seed: int) -> datasets.Dataset:
