@@ -87,12 +87,6 @@ class SCLConfig(TrainingArguments):
                   "the crop-negative mask acts only on classes whose gate is at least crop_negative_min_gate. A bank "
                   "written by a network that has not learnt yet then changes nothing (docs/method.md)."},
     )
-    gate_base_loss: bool = field(
-        default=False,
-        metadata={"help": "With a '+scl' composition whose base learns hidden positives (ROLE): per class, blend the "
-                  "classifier's part of the base loss with AN by the reliability gate, so that the base departs "
-                  "from 'assume negative' only for classes whose bank ranks the observed positives well."},
-    )
     reliability_low: float = field(
         default=0.7, metadata={"help": "Reliability gate: AUC at which a class's gate opens (0 below)."}
     )

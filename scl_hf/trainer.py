@@ -345,8 +345,6 @@ class SCLTrainer(HubMixin, Trainer):
                                & (read.seen > 0)[:, None])
         cell_weights = None if read is None or read.weights is None else read.weights * read.fresh[:, None, None]
         gate = self.class_gate(logits.device) if self.reliability.enabled and active else None
-        if self.args.gate_base_loss and self.reliability.enabled:  # 0 (AN) until the bank has been scored
-            context.base_gate = self.class_gate(logits.device)
         if cell_weights is not None and (self.args.crop_corrected_positive or self.args.crop_negative_threshold):
             positive_weights, crop_ignore = crop_corrected_weights(
                 targets, read.targets, cell_weights, self.args.crop_negative_threshold or None  # 0: off

@@ -212,43 +212,6 @@ def test_role_loss_and_one_estimator_step():
     assert state.logits[0].tolist() == table[0]  # a row outside the batch does not move
 
 
-def test_gated_role_is_an_for_a_shut_class_and_role_for_an_open_one():
-    """gate_base_loss: per class, the classifier's part is gate·ROLE + (1 − gate)·AN (hand-computed), the
-    estimates' part is ROLE's whatever the gate, and the classifier's penalty is scaled by the mean gate."""
-    k, gates = 1.2, [0.0, 1.0, 0.25]
-    state = LabelEstimates(torch.tensor([2, 0, 1]), C, {"seed": 0})
-    table = [[0.3, -0.4, 1.1], [0.2, 0.7, -0.6], [-1.0, 0.4, 0.9]]
-    state.double()
-    with torch.no_grad():
-        state.logits.copy_(tensor(table))
-    indices = torch.tensor([1, 2])
-    g, f = [table[1], table[2]], LOGITS
-    context = LossContext(num_classes=C, indices=indices, state=state, options={"expected_positives": k},
-                          base_gate=torch.tensor(gates, dtype=torch.float64))
-    value = BASE_LOSSES["role"](tensor(LOGITS), targets(), context, None)
-
-    def penalty(z):
-        return (sum(sigmoid(v) for row in z for v in row) / B - k) ** 2 / C**2
-
-    def entry(b, c):
-        t = float(observed(b, c))
-        role_f = 0.5 * ((bce(f[b][c], 1.0) if t else 0.0) + bce(f[b][c], sigmoid(g[b][c])))
-        an_f = bce(f[b][c], t)
-        estimator = 0.5 * ((bce(g[b][c], 1.0) if t else 0.0) + bce(g[b][c], sigmoid(f[b][c])))
-        return gates[c] * role_f + (1 - gates[c]) * an_f + estimator
-
-    expected = sum(entry(b, c) for b, c in ENTRIES) / 6 + 0.5 * (sum(gates) / C * penalty(f) + penalty(g))
-    assert value.item() == pytest.approx(expected, rel=1e-12)
-    # the shut class's column gets exactly AN's gradient
-    logits = tensor(LOGITS).requires_grad_()
-    shut = LossContext(num_classes=C, indices=indices, state=state, options={"expected_positives": k},
-                       base_gate=torch.zeros(C, dtype=torch.float64))
-    BASE_LOSSES["role"](logits, targets(), shut, None).backward()
-    an_logits = tensor(LOGITS).requires_grad_()
-    BASE_LOSSES["an"](an_logits, targets(), LossContext(num_classes=C), None).backward()
-    torch.testing.assert_close(logits.grad, an_logits.grad, rtol=1e-12, atol=1e-15)
-
-
 def test_role_initialisation_follows_cole_et_al():
     state = LabelEstimates(torch.tensor([2, 0]), 4, {"seed": 1, "role_lr_multiplier": 7.0})
     probs = torch.sigmoid(state.logits.detach())
@@ -440,23 +403,3 @@ def test_role_estimates_are_checkpointed_resumed_and_not_exported(tiny_synthetic
     assert not (export / LOSS_STATE_FILE).exists()
     exported = load_file(export / "model.safetensors")
     assert all(tuple(v.shape) != (24, 5) for v in exported.values())
-
-
-def test_gated_role_trains_exactly_an_until_the_bank_is_scored(tiny_synthetic, tmp_path):
-    """gate_base_loss: before the first epoch's end scores the bank every class's gate is 0, so the classifier
-    takes AN's steps (the estimates learn beside it, outside the model); ungated ROLE steps elsewhere."""
-    def weights(method, **overrides):
-        trainer = trainer_for(tiny_synthetic, tmp_path / method / str(overrides), method, **overrides)
-        if method == "an":
-            trainer.train()
-        else:  # one epoch ends before the bank could act: said, and here the point
-            with pytest.warns(UserWarning, match="trains the base loss 'role' alone"):
-                trainer.train()
-        return trainer.model.state_dict()
-
-    an = weights("an")
-    gated = weights("role+scl", gate_base_loss=True)
-    ungated = weights("role+scl")
-    for name, value in an.items():
-        torch.testing.assert_close(gated[name], value, msg=name)
-    assert any(not torch.allclose(ungated[name], value) for name, value in an.items() if value.is_floating_point())

@@ -36,7 +36,6 @@ class LossContext:
     observed_negatives: torch.Tensor | None = None  # (B, C) bool: classes the labels say are absent (partial labels)
     class_maps: torch.Tensor | None = None  # (B, C, h, w) class-map logits, for a base with logits_from_maps
     pseudo_labels: torch.Tensor | None = None  # (B, C) scores of a pseudo-label column (pseudo_labels.py)
-    base_gate: torch.Tensor | None = None  # (C,) reliability gate a base may blend towards AN with (gate_base_loss)
     options: dict = field(default_factory=dict)
 
 
