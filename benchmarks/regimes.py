@@ -68,6 +68,9 @@ class Regime:
     model_kwargs: dict = field(default_factory=dict)
     data_kwargs: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    # which rules made the data: results of another version are refused, not merged (2: digit validation scans
+    # apart from training's, scl_hf.data.scenes.SCENES_VERSION 2)
+    data_version: int = 1
 
 
 DIGIT_LAYOUT = {"object_size": (0.24, 0.4), "max_objects": 4, "distractors": (0, 2)}
@@ -77,11 +80,11 @@ REGIMES: dict[str, Regime] = {
                      model_kwargs={"output_stride": 16}, data_kwargs={"source_size": 96},
                      extra={"bank_size": 8, "expected_positives": 2.5}),
     "clutter": Regime("clutter", "resnet10t", 96, 15, 2e-3, extra={"expected_positives": 2.0}),
-    "digits": Regime("digits", "resnet10t", 96, 15, 2e-3, data_kwargs=DIGIT_LAYOUT),
+    "digits": Regime("digits", "resnet10t", 96, 15, 2e-3, data_kwargs=DIGIT_LAYOUT, data_version=2),
     "clutter10": Regime("clutter", "resnet10t", 96, 15, 2e-3, data_kwargs=TEN_CLASS_LAYOUT),
     "digits-pretrained": Regime("digits", "resnet10t", 128, 10, 1e-4, batch_size=16, lr_scheduler_type="constant",
                                 weight_decay=0.0, init="pretext", data_kwargs=DIGIT_LAYOUT,
-                                extra={"expected_positives": 2.0}),
+                                extra={"expected_positives": 2.0}, data_version=2),
 }
 TINY = {"epochs": 2, "num_train": 48, "num_validation": 24, "num_test": 24}
 SIZES = {"shapes": (1000, 300, 300), "clutter": (1500, 400, 600), "digits": (1200, 400, 600)}

@@ -46,6 +46,12 @@ def test_tiny_regime_run_writes_val_and_test_resumes_and_refuses_a_changed_defin
     stem.with_suffix(".json").write_text(json.dumps(saved))
     with pytest.raises(SystemExit, match="other definitions of the regimes \\['digits'\\]"):
         script.main(argv)
+    saved["meta"]["regimes"]["digits"]["epochs"] = script.REGIMES["digits"].epochs
+    saved["meta"]["regimes"]["digits"]["data_version"] = 1  # digit validation that shared training's scans
+    stem.with_suffix(".json").write_text(json.dumps(saved))
+    with pytest.raises(SystemExit, match="other definitions of the regimes \\['digits'\\]"):
+        script.main(argv)
+    saved["meta"]["regimes"]["digits"]["data_version"] = script.REGIMES["digits"].data_version
 
     # Runs of another invocation (its own --output) merge in; runs already here are kept, not duplicated.
     saved["meta"]["regimes"]["digits"]["epochs"] = script.REGIMES["digits"].epochs
