@@ -39,7 +39,7 @@ logger = logging.getLogger("scl_hf.examples")
 
 #: SCLConfig / TrainingArguments defaults of the Cole et al. protocol (see the module docstring).
 PROTOCOL_DEFAULTS: dict = {
-    "method": "scl",
+    "method": "role+scl",
     "image_size": 448,
     "bank_size": 14,  # ResNet-50's feature grid at 448 px
     "num_train_epochs": 10,

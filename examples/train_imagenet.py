@@ -46,8 +46,7 @@ from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from scl_hf.data import load_imagenet_real
 
 #: What ImageNet changes in the shared protocol defaults (see the module docstring).
-# method "scl" (the default too, said here so that no other choice gives ImageNet an N×C table: role+scl's
-# estimates with Adam's moments would take ~15 GB at its size)
+# method "scl": the default role+scl keeps an N×C table of estimates with Adam's moments, ~15 GB at ImageNet's size
 IMAGENET_DEFAULTS: dict = {"image_size": 224, "bank_size": 7, "method": "scl"}
 if has_config_field("bank_layout"):  # absent before scl_hf's sparse bank: keep this example runnable there
     IMAGENET_DEFAULTS["bank_layout"] = "sparse"

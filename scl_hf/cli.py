@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "folder (model, preprocessor, card, arguments) to OUTPUT_DIR/final.")
     _add_data_args(train)
     train.add_argument("--model", help="timm model name (default: resnet18 for synthetic, resnet50 otherwise)")
-    train.add_argument("--method", default="scl", help="loss: an, scl, role+scl, cl+scl, ... (default: %(default)s)")
+    train.add_argument("--method", default="role+scl", help="loss: an, scl, role+scl, cl+scl, ... (default: %(default)s)")
     train.add_argument("--output_dir", default="runs/scl-hf", help="checkpoints, bank and release (default: %(default)s)")
     train.add_argument("--epochs", type=float, help="training epochs (default: 8 synthetic, 10 otherwise)")
     train.add_argument("--image_size", type=int, help="square input side (default: 96 synthetic, 448 otherwise)")

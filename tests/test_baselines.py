@@ -219,6 +219,21 @@ def test_role_initialisation_follows_cole_et_al():
     others = probs[torch.tensor([[1, 1, 0, 1], [0, 1, 1, 1]], dtype=torch.bool)]
     assert ((others > 0.4 - 1e-6) & (others < 0.6 + 1e-6)).all() and state.lr_multiplier == 7.0
     torch.testing.assert_close(state.logits, LabelEstimates(torch.tensor([2, 0]), 4, {"seed": 1}).logits)
+    assert others.std() > 0.02  # drawn, not constant
+    flat = LabelEstimates(torch.tensor([2, 0]), 4, {"seed": 1, "role_init_spread": 0.0}).logits.detach()
+    assert (flat[~torch.tensor([[0, 0, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)] == 0).all()  # σ = ½ everywhere
+    with pytest.raises(ValueError, match="role_init_spread"):
+        SCLConfig(output_dir="unused", method="role", use_cpu=True, loss_options={"role_init_spread": -1.0})
+
+
+
+def test_role_starts_flat_in_the_default_composition_and_as_cole_et_al_alone():
+    def spread(method, **kwargs):
+        return SCLConfig(output_dir="unused", method=method, use_cpu=True, **kwargs).role_init_spread
+
+    assert spread("role+scl") == 0.0 and spread("role") == pytest.approx(math.log(1.5))
+    assert spread("role+scl", role_init_spread=0.3) == 0.3  # an explicit value always wins
+    assert spread("role+scl", dataset_defaults="voc") == 0.0  # a dataset's defaults do not restore the spread
 
 
 def test_a_per_image_table_too_large_for_memory_is_named_with_its_size_and_the_alternative(monkeypatch):

@@ -83,7 +83,7 @@ def test_new_user_trains_exports_and_classifies_in_a_fresh_process(tmp_path, cap
     assert main(["export", str(run), str(release)]) == 0  # trainer output dir → its last checkpoint
     assert {p.name for p in release.iterdir()} == set(hub.RELEASE_FILES)
     args = json.loads((release / "training_args.json").read_text())
-    assert args["image_size"] == 64 and args["method"] == "scl"  # the default method
+    assert args["image_size"] == 64 and args["method"] == "role+scl"  # the default method
     card = (release / "README.md").read_text()
     assert "type: synthetic" in card and "split: test" in card and "random (trained from scratch)" in card
 

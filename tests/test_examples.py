@@ -176,7 +176,7 @@ def test_protocol_defaults_and_overrides(examples_on_path, tmp_path):
     )
     assert (model_args.model_name, model_args.pretrained) == ("resnet50", True)
     assert (args.method, args.image_size, args.num_train_epochs, args.per_device_train_batch_size) == (
-        "scl", 448, 10, 8
+        "role+scl", 448, 10, 8
     )
     assert (args.learning_rate, args.weight_decay, args.optim.value) == (1e-5, 0.0, "adamw_torch")
     assert args.lr_scheduler_type.value == "constant"

@@ -42,6 +42,7 @@ BASELINE_DEFAULTS: dict[str, float] = {
     "ls_coefficient": 0.1,  # Cole et al. train.py P['ls_coef']
     "expected_positives": 2.9,  # Cole et al. train.py lookup['expected_num_pos']['coco']
     "role_lr_multiplier": 10.0,  # Cole et al. train.py P['lr_mult']
+    "role_init_spread": math.log(0.6 / 0.4),  # Cole et al. models.py LabelEstimator: unobserved in ±logit(0.6)
     "ll_delta_rel": 0.2,  # Kim et al. README: Δrel ∈ {0.1, …, 0.5} (%); config.py's 0 would switch LL off
     "em_alpha": 0.1,  # Zhou et al. main.py, coco: P['alpha']
     "apl_beta": 0.9,  # Zhou et al. main.py, coco: P['beta']
@@ -85,6 +86,8 @@ def validate_options(options: dict) -> None:
         raise ValueError(f"apl_negative_proportion must be in [0, 1], got {options['apl_negative_proportion']}")
     if options["role_lr_multiplier"] <= 0 or options["apl_warmup_epochs"] < 0:
         raise ValueError("role_lr_multiplier must be positive and apl_warmup_epochs non-negative")
+    if options["role_init_spread"] < 0:
+        raise ValueError(f"role_init_spread is a logit half-width, at least 0, got {options['role_init_spread']}")
 
 
 def reduce_entries(values: torch.Tensor, ctx: LossContext, ignore: torch.Tensor | None) -> torch.Tensor:
@@ -283,7 +286,7 @@ class LabelEstimates(LossState):
     def __init__(self, labels: torch.Tensor, num_classes: int, options: dict):
         super().__init__()
         generator = torch.Generator().manual_seed(int(options.get("seed", 0)))
-        spread = math.log(0.6 / 0.4)
+        spread = float(options.get("role_init_spread", BASELINE_DEFAULTS["role_init_spread"]))
         table = spread * (2.0 * torch.rand(len(labels), num_classes, generator=generator) - 1.0)
         table[observed_matrix(labels, num_classes)] = math.log(0.995 / 0.005)
         self.logits = nn.Parameter(table)
