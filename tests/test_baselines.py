@@ -226,7 +226,6 @@ def test_role_initialisation_follows_cole_et_al():
         SCLConfig(output_dir="unused", method="role", use_cpu=True, loss_options={"role_init_spread": -1.0})
 
 
-
 def test_role_starts_flat_in_the_default_composition_and_as_cole_et_al_alone():
     def spread(method, **kwargs):
         return SCLConfig(output_dir="unused", method=method, use_cpu=True, **kwargs).role_init_spread
