@@ -164,8 +164,8 @@ class SCLConfig(TrainingArguments):
         default=None,
         metadata={"help": "'role': half-width, in logits, of the uniform draw that starts each unobserved estimate. "
                   "None: 0 (every estimate starts at ½) when ROLE is composed with '+scl', as in the default method "
-                  "(validation of four regimes, docs/method.md 'A flat start for ROLE'); Cole et al.'s logit(0.6) for "
-                  "'role' alone, so that the baseline stays theirs."},
+                  "(validation of four regimes, docs/method.md 'Honest validation on digits, and a flat start for "
+                  "ROLE'); Cole et al.'s logit(0.6) for 'role' alone, so that the baseline stays theirs."},
     )
     ll_delta_rel: float | None = field(
         default=None,
