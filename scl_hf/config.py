@@ -163,7 +163,8 @@ class SCLConfig(TrainingArguments):
     role_init_spread: float | None = field(
         default=None,
         metadata={"help": "'role': half-width, in logits, of the uniform draw that starts each unobserved estimate. "
-                  "None: 0 (every estimate starts at ½) when ROLE is composed with '+scl', as in the default method "
+                  "None: 0 (every estimate starts at ½; the composition default registered in baselines.py) when ROLE is "
+                  "composed with '+scl', as in the default method "
                   "(validation of four regimes, docs/method.md 'Honest validation on digits, and a flat start for "
                   "ROLE'); Cole et al.'s logit(0.6) for 'role' alone, so that the baseline stays theirs."},
     )
@@ -271,9 +272,7 @@ class SCLConfig(TrainingArguments):
         self.method_spec = parse_method(self.method)
         if isinstance(self.loss_options, str):
             self.loss_options = json.loads(self.loss_options)
-        if self.role_init_spread is None and self.method_spec.base == "role" and self.method_spec.needs_heatmaps:
-            self.role_init_spread = 0.0  # the default composition's flat start (docs/method.md)
-        self.apply_dataset_defaults()
+        self.apply_defaults()
         options = options_from_config(self)
         validate_options(options)
         validate_recent_options(options)
@@ -303,12 +302,14 @@ class SCLConfig(TrainingArguments):
             raise ValueError("SCLTrainer needs remove_unused_columns=False: it reads the image column itself")
         super().__post_init__()
 
-    def apply_dataset_defaults(self) -> None:
-        """Fill each loss option left unset (None) with its `dataset_defaults` value, so that the run's
-        training_args.json records the values used; an explicit value is kept. Options without a field of their
+    def apply_defaults(self) -> None:
+        """Fill each loss option left unset (None) with its default, so that the run's training_args.json records
+        the values used: the method's composition defaults (registry.register_composition_defaults) over
+        `dataset_defaults`' values over the package's; an explicit value is kept. Options without a field of their
         own (the pseudo-label losses') are written into `loss_options` when the method uses them."""
         unfielded = {}
-        for name, value in dataset_defaults(self.dataset_defaults).items():
+        defaults = {**dataset_defaults(self.dataset_defaults), **self.method_spec.composition_defaults}
+        for name, value in defaults.items():
             if isinstance(value, tuple):
                 value = list(value)
             elif name in ("apl_warmup_epochs", "splc_start_epoch", "aevlp_top_k"):

@@ -235,6 +235,23 @@ def test_role_starts_flat_in_the_default_composition_and_as_cole_et_al_alone():
     assert spread("role+scl", dataset_defaults="voc") == 0.0  # a dataset's defaults do not restore the spread
 
 
+def test_composition_defaults_sit_between_a_dataset_and_the_user(monkeypatch):
+    from types import SimpleNamespace
+
+    from scl_hf.losses import COMPOSITION_DEFAULTS, options_from_config, register_composition_defaults
+
+    monkeypatch.setitem(COMPOSITION_DEFAULTS, ("ll-r", "scl"), {})
+    register_composition_defaults("ll-r", "scl", ll_delta_rel=0.05)
+    assert SCLConfig(output_dir="unused", method="ll-r+scl", use_cpu=True).ll_delta_rel == 0.05
+    assert SCLConfig(output_dir="unused", method="ll-r", use_cpu=True).ll_delta_rel == 0.2  # the base alone: its own
+    assert SCLConfig(output_dir="unused", method="ll-r+scl", use_cpu=True, ll_delta_rel=0.3).ll_delta_rel == 0.3
+    # a config-like object without SCLConfig's filling gets the same values from options_from_config
+    assert options_from_config(SimpleNamespace(method="role+scl"))["role_init_spread"] == 0.0
+    assert options_from_config(SimpleNamespace(method="role"))["role_init_spread"] == pytest.approx(math.log(1.5))
+    with pytest.raises(ValueError, match="consistency term"):
+        register_composition_defaults("role", "mixup", role_init_spread=0.0)
+
+
 def test_a_per_image_table_too_large_for_memory_is_named_with_its_size_and_the_alternative(monkeypatch):
     import warnings
 

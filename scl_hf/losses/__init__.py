@@ -1,6 +1,6 @@
 """Loss functions of single-positive multi-label learning: pure functions, no state, no files.
 
-registry.py: the method grammar ("ll-r+scl") and `register_base_loss`; terms.py: the consistency terms;
+registry.py: the method grammar ("ll-r+scl"), `register_base_loss` and `register_composition_defaults`; terms.py: the consistency terms;
 baselines.py: the base losses up to 2022; robust.py: GR, Hill, SPLC; boostlu.py: BoostLU;
 pseudo_labels.py: VLPL and AEVLP on a CLIP score column (importing them registers them); defaults.py: every option's default and the published values per dataset.
 """
@@ -16,6 +16,7 @@ from .defaults import DATASETS, LOSS_DEFAULTS, dataset_defaults, options_from_co
 from .registry import (
     BASE_LOSS_INFO,
     BASE_LOSSES,
+    COMPOSITION_DEFAULTS,
     CONSISTENCY_TERMS,
     BaseLossInfo,
     LossContext,
@@ -26,6 +27,7 @@ from .registry import (
     observed_one_hot,
     parse_method,
     register_base_loss,
+    register_composition_defaults,
 )
 from .reliability import observed_positive_auc, reliability_gate
 from .terms import (
@@ -37,10 +39,10 @@ from .terms import (
 )
 
 __all__ = [
-    "BASELINE_DEFAULTS", "BASE_LOSSES", "BASE_LOSS_INFO", "CONSISTENCY_TERMS", "DATASETS", "DATASET_DEFAULTS",
+    "BASELINE_DEFAULTS", "BASE_LOSSES", "BASE_LOSS_INFO", "COMPOSITION_DEFAULTS", "CONSISTENCY_TERMS", "DATASETS", "DATASET_DEFAULTS",
     "LOSS_DEFAULTS", "BaseLossInfo", "LossContext", "MethodSpec", "assume_negative_loss", "consistency_loss",
     "crop_corrected_weights", "dataset_defaults", "expected_negatives_ignore", "known_negatives", "masked_mean",
     "observed_matrix", "observed_one_hot", "observed_positive_auc", "options_from_config", "parse_method",
-    "register_base_loss", "reliability_gate", "sharpen", "spatial_consistency_loss", "validate_options",
+    "register_base_loss", "register_composition_defaults", "reliability_gate", "sharpen", "spatial_consistency_loss", "validate_options",
     "validate_recent_options",
 ]

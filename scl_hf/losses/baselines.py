@@ -33,7 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import LossContext, known_negatives, masked_mean, observed_matrix, register_base_loss
+from .registry import (
+    LossContext,
+    known_negatives,
+    masked_mean,
+    observed_matrix,
+    register_base_loss,
+    register_composition_defaults,
+)
 
 # Defaults for COCO, the headline protocol (Cole et al. 2021); other datasets' in DATASET_DEFAULTS, applied by
 # SCLConfig(dataset_defaults=...) through defaults.py. SCLConfig
@@ -318,6 +325,12 @@ def regularized_online_label_estimation(logits, targets, ctx: LossContext, ignor
     expected = option(ctx, "expected_positives")
     penalty = expected_positive_penalty(probs, expected) + expected_positive_penalty(torch.sigmoid(estimates), expected)
     return reduce_entries(known_negatives(0.5 * (positives + cross), logits, ctx), ctx, ignore) + 0.5 * penalty
+
+
+# ROLE under '+scl' starts every unobserved estimate at ½: Cole et al.'s random 0.4–0.6 is per-image noise that a
+# slowly learning network fits (validation of four regimes, docs/method.md "Honest validation on digits, and a flat
+# start for ROLE"); 'role' alone keeps their start, so that the baseline stays theirs.
+register_composition_defaults("role", "scl", role_init_spread=0.0)
 
 
 # ----------------------------------------------------------------------------- EM + APL (Zhou et al.)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from .baselines import BASELINE_DEFAULTS, DATASET_DEFAULTS
 from .boostlu import BOOSTLU_DEFAULTS
 from .pseudo_labels import PSEUDO_LABEL_DATASET_DEFAULTS, PSEUDO_LABEL_DEFAULTS
+from .registry import parse_method
 from .robust import ROBUST_DEFAULTS
 
 LOSS_DEFAULTS: dict[str, float | tuple[float, ...]] = {
@@ -48,8 +49,11 @@ def check_option_names(options: dict) -> None:
 
 def options_from_config(config) -> dict:
     """The loss options of an SCLConfig (any object with those attributes; missing or None ones take the
-    defaults of its `dataset_defaults`; its `loss_options` dict sets any option by name), plus its seed."""
+    defaults of its method's composition, then of its `dataset_defaults`; its `loss_options` dict sets any option
+    by name), plus its seed."""
     defaults = dataset_defaults(getattr(config, "dataset_defaults", None))
+    if getattr(config, "method", None):
+        defaults.update(parse_method(config.method).composition_defaults)
     extra = getattr(config, "loss_options", None) or {}
     check_option_names(extra)
     found = {}

@@ -60,6 +60,9 @@ class BaseLossInfo:
 
 
 BASE_LOSS_INFO: dict[str, BaseLossInfo] = {}
+# loss-option defaults that hold only for one composition, keyed by (base, term); they win over a dataset's
+# defaults and lose to any value the user sets (SCLConfig.apply_defaults)
+COMPOSITION_DEFAULTS: dict[tuple[str, str], dict[str, float]] = {}
 
 
 def register_base_loss(
@@ -77,6 +80,14 @@ def register_base_loss(
         return fn
 
     return wrap
+
+
+def register_composition_defaults(base: str, term: str, **options: float) -> None:
+    """Give `base` composed with `term` its own defaults for some loss options: a base keeps its authors'
+    values when it runs alone, and its composition the values chosen for it (docs/method.md says why each)."""
+    if term not in CONSISTENCY_TERMS:
+        raise ValueError(f"{term!r} is not a consistency term; choose one of {list(CONSISTENCY_TERMS)}")
+    COMPOSITION_DEFAULTS.setdefault((base, term), {}).update(options)
 
 
 def observed_one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -136,6 +147,14 @@ class MethodSpec:
     @property
     def needs_full_labels(self) -> bool:
         return self.info.full_labels
+
+    @property
+    def composition_defaults(self) -> dict[str, float]:
+        """The loss-option defaults registered for this base with any of its terms."""
+        found: dict[str, float] = {}
+        for term in sorted(self.terms):
+            found.update(COMPOSITION_DEFAULTS.get((self.base, term), {}))
+        return found
 
 
 def parse_method(method: str) -> MethodSpec:
