@@ -20,14 +20,10 @@ import json
 import sys
 from pathlib import Path
 
-DATASETS = ("synthetic", "coco", "voc", "nuswide", "cub", "imagenet")
-OWN_DATA = ("imagefolder", "hub", "parquet")  # scl_hf.sources
-TINY = {"num_train": 48, "num_test": 24, "source_size": 96, "image_size": 64, "epochs": 2, "batch_size": 16}
+from .cli_data import DATASETS, OWN_DATA, TINY, CLIError, class_names, load_dataset
+
+__all__ = ["CLIError", "build_parser", "class_names", "load_dataset", "main"]
 RUN_INFO = "scl_hf_run.json"  # what the CLI knows about a run and the trainer does not (dataset, initialisation)
-
-
-class CLIError(Exception):
-    """A user error: printed as one line, exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -135,59 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --------------------------------------------------------------------------- data
-def _require(value, flag: str, dataset: str):
-    if not value:
-        raise CLIError(f"dataset {dataset!r} needs {flag}")
-    return value
-
-
-def load_dataset(ns: argparse.Namespace):
-    """The DatasetDict of the chosen dataset (train + test, validation where the protocol has one)."""
-    from . import data
-
-    if ns.paths and ns.dataset not in OWN_DATA:
-        raise CLIError(f"dataset {ns.dataset!r} takes no SOURCE arguments ({ns.paths}); use its --*_root options")
-    if ns.dataset == "synthetic":
-        tiny = TINY if ns.tiny else {}
-        return data.make_synthetic(num_train=ns.num_train or tiny.get("num_train", 2000),
-                                   num_test=ns.num_test or tiny.get("num_test", 500),
-                                   image_size=tiny.get("source_size", 128), seed=ns.data_seed, cache_dir=ns.cache_dir)
-    if ns.dataset in OWN_DATA:
-        from .sources import load_source
-
-        splits = load_source(ns.dataset, ns.paths, ns.image_column or "image", ns.test_size, ns.data_seed,
-                             ns.cache_dir, ns.test_files)
-    elif ns.dataset == "coco":
-        splits = data.load_coco(_require(ns.coco_root, "--coco_root", "coco"), cache_dir=ns.cache_dir)
-    elif ns.dataset == "voc":
-        splits = data.load_voc(_require(ns.voc_root, "--voc_root", "voc"), cache_dir=ns.cache_dir)
-    elif ns.dataset == "nuswide":
-        splits = data.load_nus_wide(_require(ns.nus_root, "--nus_root", "nuswide"), cache_dir=ns.cache_dir)
-    elif ns.dataset == "cub":
-        splits = data.load_cub(_require(ns.cub_root, "--cub_root", "cub"), cache_dir=ns.cache_dir)
-    else:
-        splits = data.load_imagenet_real(_require(ns.imagenet_train, "--imagenet_train", "imagenet"),
-                                         _require(ns.imagenet_val, "--imagenet_val", "imagenet"),
-                                         _require(ns.real_json, "--real_json", "imagenet"), cache_dir=ns.cache_dir)
-    if ns.tiny:
-        splits = type(splits)({name: ds.select(range(min(len(ds), TINY["num_train" if name == "train" else "num_test"])))
-                               for name, ds in splits.items()})
-    return splits
-
-
-def class_names(splits, ns: argparse.Namespace | None = None) -> list[str]:
-    if ns is not None and ns.dataset in OWN_DATA:
-        from .sources import class_names as own_class_names
-
-        multihot = any(o.replace(" ", "") == "label_format=multihot" for o in getattr(ns, "overrides", []))
-        return own_class_names(splits, ns.label_column or "label", ns.labels_column or "labels", multihot)
-    feature = splits["train"].features["label"] if "train" in splits else None
-    if feature is None or not hasattr(feature, "names"):
-        raise CLIError("the dataset's label column has no class names")
-    return list(feature.names)
-
-
+# --------------------------------------------------------------------------- KEY=VALUE options
 def parse_pairs(pairs: list[str], flag: str) -> dict:
     """KEY=VALUE → {KEY: JSON value, or the string}."""
     values = {}
@@ -208,18 +152,10 @@ def parse_overrides(pairs: list[str]) -> dict:
 
     from .config import SCLConfig
 
-    known = {f.name for f in fields(SCLConfig)}
-    values = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise CLIError(f"--set expects KEY=VALUE, got {pair!r}")
-        if key not in known:
-            raise CLIError(f"--set {key}: SCLConfig has no field {key!r}")
-        try:
-            values[key] = json.loads(value)
-        except json.JSONDecodeError:
-            values[key] = value
+    values = parse_pairs(pairs, "--set")
+    unknown = [key for key in values if key not in {f.name for f in fields(SCLConfig)}]
+    if unknown:
+        raise CLIError(f"--set {unknown[0]}: SCLConfig has no field {unknown[0]!r}")
     return values
 
 

@@ -40,6 +40,7 @@ def test_help_explains_each_command(command, expected, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["train", "imagenet21k"], "invalid choice: 'imagenet21k'"),
     (["train", "coco"], "dataset 'coco' needs --coco_root"),
+    (["train", "imagenet", "--imagenet_val", "{tmp}"], "dataset 'imagenet' needs --imagenet_train and --real_json"),
     (["train", "synthetic", "--set", "spatial_wieght=2"], "SCLConfig has no field 'spatial_wieght'"),
     (["train", "synthetic", "--set", "momentum"], "--set expects KEY=VALUE"),
     (["train", "voc", "--voc_root", "{tmp}"], "not found"),
@@ -54,6 +55,17 @@ def test_user_errors_are_one_line_with_exit_code_2(argv, message, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("scl-hf") and message in err, err
     assert "Traceback" not in err
+
+
+def test_every_protocol_dataset_names_a_loader_of_scl_hf_data_and_flags_the_parser_knows():
+    from scl_hf import data
+    from scl_hf.cli import build_parser
+    from scl_hf.cli_data import PROTOCOL_LOADERS
+
+    train = build_parser().parse_args(["train", "synthetic"])
+    for name, (function, flags) in PROTOCOL_LOADERS.items():
+        assert callable(getattr(data, function)), name
+        assert all(hasattr(train, flag) for flag in flags), (name, flags)
 
 
 CLASSIFY = textwrap.dedent("""
