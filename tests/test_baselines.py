@@ -63,7 +63,7 @@ ENTRIES = [(b, c) for b in range(B) for c in range(C)]
 def test_every_method_is_registered_and_composable():
     names = {"an", "an-ls", "wan", "epr", "role", "ll-r", "ll-ct", "ll-cp", "em", "em-apl", "full"}
     assert names <= set(BASE_LOSSES) and set(BASE_LOSSES) == set(BASE_LOSS_INFO)
-    assert {n for n, info in BASE_LOSS_INFO.items() if info.make_state} == {"role", "ll-cp", "em-apl"}
+    assert {n for n, info in BASE_LOSS_INFO.items() if info.make_state} == {"role", "ll-cp", "em-apl", "nnpu"}
     assert [n for n, info in BASE_LOSS_INFO.items() if info.full_labels] == ["full"]
     assert parse_method("ll-r+scl").base == "ll-r" and parse_method("ll-r+scl").terms == {"scl"}
     assert parse_method("em-apl+cl").base == "em-apl" and parse_method("em-apl+cl").terms == {"cl"}

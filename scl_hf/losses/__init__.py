@@ -1,11 +1,11 @@
 """Loss functions of single-positive multi-label learning: pure functions, no state, no files.
 
 registry.py: the method grammar ("ll-r+scl"), `register_base_loss` and `register_composition_defaults`; terms.py: the consistency terms;
-baselines.py: the base losses up to 2022; robust.py: GR, Hill, SPLC; boostlu.py: BoostLU;
+baselines.py: the base losses up to 2022; pu.py: the non-negative PU risk; robust.py: GR, Hill, SPLC; boostlu.py: BoostLU;
 pseudo_labels.py: VLPL and AEVLP on a CLIP score column (importing them registers them); defaults.py: every option's default and the published values per dataset.
 """
 
-from . import baselines, boostlu, pseudo_labels, robust  # noqa: F401  (registers the base losses)
+from . import baselines, boostlu, pseudo_labels, pu, robust  # noqa: F401  (registers the base losses)
 from .baselines import (
     BASELINE_DEFAULTS,
     DATASET_DEFAULTS,
