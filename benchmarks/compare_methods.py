@@ -35,6 +35,7 @@ from machine import cpu_name  # benchmarks/machine.py, beside this script
 from scl_hf.data import add_clip_scores
 from scl_hf.losses import BASE_LOSS_INFO, BASE_LOSSES, parse_method
 from scl_hf.recipes import (
+    SYNTHETIC_OPTIONS,
     SyntheticBudget,
     budget_dict,
     gap_closed,
@@ -52,9 +53,6 @@ DEFAULT_METHODS = ["full", *sorted(n for n in BASE_LOSSES if n != "full"),
                    "cl", "en", "scl",
                    "an-ls+scl", "wan+scl", "ll-r+scl", "em-apl+scl", "role+scl", "gr+scl", "hill+scl", "splc+scl",
                    "boostlu+scl", "vlpl+scl", "aevlp+scl"]
-# The synthetic generator draws 1–4 objects per image uniformly: 2.5 positives per image on average. This is
-# the dataset statistic EPR and ROLE assume known (as Cole et al. take 2.9 for COCO), not read from any label.
-SYNTHETIC_OPTIONS = {"expected_positives": 2.5}
 CLIP_GRID = {"vlpl": 0, "aevlp": 4}  # regions each method reads: VLPL the whole image, AEVLP also a 4×4 grid
 
 

@@ -19,7 +19,15 @@ from pathlib import Path
 import torch
 
 from scl_hf import SCLConfig
-from scl_hf.recipes import SyntheticBudget, markdown_table, run_method, save_runs, summarise, synthetic_data
+from scl_hf.recipes import (
+    SYNTHETIC_OPTIONS,
+    SyntheticBudget,
+    markdown_table,
+    run_method,
+    save_runs,
+    summarise,
+    synthetic_data,
+)
 from scl_hf.visualize import plot_bank_heatmaps, plot_map_curves
 
 DEFAULT_METHOD = SCLConfig.__dataclass_fields__["method"].default
@@ -57,7 +65,7 @@ def parse_overrides(pairs: list[str]) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     budget = SyntheticBudget(model_name=args.model, epochs=args.epochs, num_train=args.num_train,
-                             num_test=args.num_test, image_size=args.image_size, extra=parse_overrides(args.set))
+                             num_test=args.num_test, image_size=args.image_size, extra={**SYNTHETIC_OPTIONS, **parse_overrides(args.set)})
     if args.tiny:
         budget.num_train, budget.num_test, budget.epochs, budget.image_size = 48, 24, 2, 64
         budget.batch_size, budget.source_size, budget.bank_size = 16, 96, 4
