@@ -15,7 +15,7 @@ from transformers import TrainingArguments
 
 from .labels import LABEL_FORMATS
 from .losses import (
-    dataset_defaults,
+    method_defaults,
     options_from_config,
     parse_method,
     validate_options,
@@ -308,8 +308,7 @@ class SCLConfig(TrainingArguments):
         `dataset_defaults`' values over the package's; an explicit value is kept. Options without a field of their
         own (the pseudo-label losses') are written into `loss_options` when the method uses them."""
         unfielded = {}
-        defaults = {**dataset_defaults(self.dataset_defaults), **self.method_spec.composition_defaults}
-        for name, value in defaults.items():
+        for name, value in method_defaults(self.dataset_defaults, self.method).items():
             if isinstance(value, tuple):
                 value = list(value)
             elif name in ("apl_warmup_epochs", "splc_start_epoch", "aevlp_top_k"):

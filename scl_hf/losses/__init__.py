@@ -12,7 +12,14 @@ from .baselines import (
     assume_negative_loss,
     validate_options,
 )
-from .defaults import DATASETS, LOSS_DEFAULTS, dataset_defaults, options_from_config, validate_recent_options
+from .defaults import (
+    DATASETS,
+    LOSS_DEFAULTS,
+    dataset_defaults,
+    method_defaults,
+    options_from_config,
+    validate_recent_options,
+)
 from .registry import (
     BASE_LOSS_INFO,
     BASE_LOSSES,
@@ -41,7 +48,7 @@ from .terms import (
 __all__ = [
     "BASELINE_DEFAULTS", "BASE_LOSSES", "BASE_LOSS_INFO", "COMPOSITION_DEFAULTS", "CONSISTENCY_TERMS", "DATASETS", "DATASET_DEFAULTS",
     "LOSS_DEFAULTS", "BaseLossInfo", "LossContext", "MethodSpec", "assume_negative_loss", "consistency_loss",
-    "crop_corrected_weights", "dataset_defaults", "expected_negatives_ignore", "known_negatives", "masked_mean",
+    "crop_corrected_weights", "dataset_defaults", "expected_negatives_ignore", "known_negatives", "masked_mean", "method_defaults",
     "observed_matrix", "observed_one_hot", "observed_positive_auc", "options_from_config", "parse_method",
     "register_base_loss", "register_composition_defaults", "reliability_gate", "sharpen", "spatial_consistency_loss", "validate_options",
     "validate_recent_options",

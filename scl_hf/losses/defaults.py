@@ -35,6 +35,15 @@ def dataset_defaults(dataset: str | None) -> dict[str, float | tuple[float, ...]
     return {**LOSS_DEFAULTS, **DATASET_DEFAULTS.get(key, {}), **EXTRA_DATASET_DEFAULTS.get(key, {})}
 
 
+def method_defaults(dataset: str | None, method: str | None) -> dict[str, float | tuple[float, ...]]:
+    """Every loss option's default for `method` on `dataset`: its composition's (registry.register_composition_defaults)
+    over the dataset's over the package's. The one place that ranks them."""
+    defaults = dataset_defaults(dataset)
+    if method:
+        defaults.update(parse_method(method).composition_defaults)
+    return defaults
+
+
 def _as_option(value) -> float | tuple[float, ...]:
     if isinstance(value, Sequence) and not isinstance(value, str):
         return tuple(float(v) for v in value)
@@ -51,9 +60,7 @@ def options_from_config(config) -> dict:
     """The loss options of an SCLConfig (any object with those attributes; missing or None ones take the
     defaults of its method's composition, then of its `dataset_defaults`; its `loss_options` dict sets any option
     by name), plus its seed."""
-    defaults = dataset_defaults(getattr(config, "dataset_defaults", None))
-    if getattr(config, "method", None):
-        defaults.update(parse_method(config.method).composition_defaults)
+    defaults = method_defaults(getattr(config, "dataset_defaults", None), getattr(config, "method", None))
     extra = getattr(config, "loss_options", None) or {}
     check_option_names(extra)
     found = {}
