@@ -35,7 +35,6 @@ from machine import cpu_name  # benchmarks/machine.py, beside this script
 from scl_hf.data import add_clip_scores
 from scl_hf.losses import BASE_LOSS_INFO, BASE_LOSSES, parse_method
 from scl_hf.recipes import (
-    SYNTHETIC_OPTIONS,
     SyntheticBudget,
     budget_dict,
     gap_closed,
@@ -77,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def make_budget(args: argparse.Namespace) -> SyntheticBudget:
-    budget = SyntheticBudget(extra=dict(SYNTHETIC_OPTIONS))
+    budget = SyntheticBudget()  # its extra holds SYNTHETIC_OPTIONS
     if args.tiny:  # the smoke budget of examples/train_synthetic.py --tiny; EM-APL's pseudo-labels start at once
         budget.num_train, budget.num_test, budget.epochs, budget.image_size = 48, 24, 2, 64
         budget.batch_size, budget.source_size, budget.bank_size = 16, 96, 4

@@ -20,7 +20,6 @@ import torch
 
 from scl_hf import SCLConfig
 from scl_hf.recipes import (
-    SYNTHETIC_OPTIONS,
     SyntheticBudget,
     markdown_table,
     run_method,
@@ -65,7 +64,8 @@ def parse_overrides(pairs: list[str]) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     budget = SyntheticBudget(model_name=args.model, epochs=args.epochs, num_train=args.num_train,
-                             num_test=args.num_test, image_size=args.image_size, extra={**SYNTHETIC_OPTIONS, **parse_overrides(args.set)})
+                             num_test=args.num_test, image_size=args.image_size)
+    budget.extra.update(parse_overrides(args.set))  # over the synthetic set's own options
     if args.tiny:
         budget.num_train, budget.num_test, budget.epochs, budget.image_size = 48, 24, 2, 64
         budget.batch_size, budget.source_size, budget.bank_size = 16, 96, 4

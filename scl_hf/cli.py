@@ -153,7 +153,8 @@ def parse_overrides(pairs: list[str]) -> dict:
     from .config import SCLConfig
 
     values = parse_pairs(pairs, "--set")
-    unknown = [key for key in values if key not in {f.name for f in fields(SCLConfig)}]
+    known = {f.name for f in fields(SCLConfig)}
+    unknown = [key for key in values if key not in known]
     if unknown:
         raise CLIError(f"--set {unknown[0]}: SCLConfig has no field {unknown[0]!r}")
     return values
